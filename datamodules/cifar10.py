@@ -1,0 +1,220 @@
+"""CIFAR-10 as uint8 tensors: pickles are read once, no PIL per image.
+
+Train split: 50,000 train images split 45,000 / 5,000 by a generator seeded with the run seed.
+Test split: the 10,000 test images. Train augmentation as in the study (random horizontal flip,
+RandomResizedCrop(32, scale=(0.8, 1.0), ratio=(0.9, 1.1))), applied per image on tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+log = logging.getLogger(__name__)
+
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+# md5 sums of the official release (as in torchvision.datasets.CIFAR10)
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+MEAN = (0.49139968, 0.48215841, 0.44653091)
+STD = (0.24703223, 0.24348513, 0.26158784)
+IMAGES_PER_FILE = 10_000
+_MD5_CHECKED: set[Path] = set()  # folders already compared with the official release
+
+GET_IT = (
+    "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into {root} "
+    "(it creates {folder}/), or point data.data_dir (or the DATA_DIR environment variable) at "
+    "the directory that holds {folder}/."
+)
+
+
+class DatasetError(RuntimeError):
+    """A dataset file is missing, unreadable or corrupt; the message says how to fix it."""
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pickle -> (uint8 images N x 3 x 32 x 32, int64 labels N); DatasetError if unreadable."""
+    try:
+        with path.open("rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        images = data.reshape(-1, 3, 32, 32)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated pickle, wrong format, ...
+        raise DatasetError(
+            f"CIFAR-10 file {path} is unreadable or truncated ({type(exc).__name__}: {exc}). "
+            "Delete it and get a good copy: " + GET_IT.format(root=path.parent.parent, folder=FOLDER)
+        ) from exc
+    if len(images) != IMAGES_PER_FILE or len(labels) != IMAGES_PER_FILE:
+        raise DatasetError(
+            f"CIFAR-10 file {path} holds {len(images)} images and {len(labels)} labels, "
+            f"expected {IMAGES_PER_FILE} of each. Delete it and get a good copy: "
+            + GET_IT.format(root=path.parent.parent, folder=FOLDER)
+        )
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels)
+
+
+def train_transform() -> v2.Compose:
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomResizedCrop(32, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def eval_transform() -> v2.Compose:
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+
+class ImageTensorDataset(Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index]
+
+
+class CIFAR10DataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str = "./data",
+        batch_size: int = 128,
+        num_workers: int = 4,
+        val_size: int = 5_000,
+        seed: int = 42,
+        train_subset: int | None = None,
+        download: bool = True,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(data_dir).expanduser().resolve()
+        self.folder = self.root / FOLDER
+        self.data_train = self.data_val = self.data_test = None
+        self.train_indices = self.val_indices = None
+
+    # -- files -------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        missing = [f for f in TRAIN_FILES + TEST_FILES if not (self.folder / f).is_file()]
+        if missing and self.hparams.download:
+            self._download()
+            missing = [f for f in TRAIN_FILES + TEST_FILES if not (self.folder / f).is_file()]
+        if missing:
+            raise DatasetError(
+                f"CIFAR-10 files missing in {self.folder}: {', '.join(missing)}. "
+                + GET_IT.format(root=self.root, folder=FOLDER)
+            )
+        self._check_md5()
+
+    def _download(self) -> None:
+        from torchvision.datasets import CIFAR10
+
+        log.info("CIFAR-10 not found in %s; downloading it with torchvision", self.folder)
+        try:
+            CIFAR10(str(self.root), train=True, download=True)
+        except Exception as exc:  # offline, DNS failure, HTTP error, ...
+            raise DatasetError(
+                f"CIFAR-10 is not in {self.folder} and the download failed "
+                f"({type(exc).__name__}: {exc}). " + GET_IT.format(root=self.root, folder=FOLDER)
+            ) from exc
+
+    def _check_md5(self) -> None:
+        if self.folder in _MD5_CHECKED:
+            return
+        _MD5_CHECKED.add(self.folder)
+        differing = [f for f, md5 in OFFICIAL_MD5.items() if _md5(self.folder / f) != md5]
+        if differing:
+            log.warning(
+                "CIFAR-10 files in %s differ from the official release (md5 of %s); using them "
+                "as they are (e.g. a re-encoded copy). Numbers may differ slightly from "
+                "published ones.",
+                self.folder,
+                ", ".join(differing),
+            )
+
+    # -- tensors -----------------------------------------------------------------------------
+    def _load(self, files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = [load_batch(self.folder / f) for f in files]
+        return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+    def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeded train/val split of ``n`` images: depends on the seed alone."""
+        val_size = self.hparams.val_size
+        if not 0 < val_size < n:
+            raise ValueError(f"data.val_size={val_size} must be in [1, {n - 1}] (train set has {n} images)")
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        perm = torch.randperm(n, generator=generator)
+        return perm[val_size:], perm[:val_size]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_train is None and stage in (None, "fit", "validate"):
+            log.info("Loading CIFAR-10 train images from %s", self.folder)
+            images, labels = self._load(TRAIN_FILES)
+            self.train_indices, self.val_indices = self.split_indices(len(labels))
+            train_idx = self.train_indices
+            if self.hparams.train_subset:
+                train_idx = train_idx[: self.hparams.train_subset]
+            self.data_train = ImageTensorDataset(images[train_idx], labels[train_idx], train_transform())
+            self.data_val = ImageTensorDataset(
+                images[self.val_indices], labels[self.val_indices], eval_transform()
+            )
+            log.info("CIFAR-10 split: %d train / %d val images", len(self.data_train), len(self.data_val))
+        if self.data_test is None and stage in (None, "test", "predict"):
+            images, labels = self._load(TEST_FILES)
+            self.data_test = ImageTensorDataset(images, labels, eval_transform())
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data_train, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data_val, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test, train=False)

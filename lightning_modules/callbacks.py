@@ -1,0 +1,216 @@
+"""Callbacks: epoch timing and memory, and the run summary (``metrics.json``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    return str(obj)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024**2 if sys.platform == "darwin" else 1024)
+
+
+def peak_gpu_mb() -> float | None:
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+    }
+
+
+class EpochTimer(pl.Callback):
+    """Logs ``time/epoch_s`` (wall-clock of the epoch, validation included), ``time/train_s``
+    (cumulative), and peak memory: ``memory/peak_gpu_mb`` on CUDA, ``memory/peak_rss_mb`` always."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._start is None:
+            return
+        seconds = time.perf_counter() - self._start
+        self.total += seconds
+        pl_module.log("time/epoch_s", seconds, on_epoch=True)
+        pl_module.log("time/train_s", self.total, on_epoch=True)
+        pl_module.log("memory/peak_rss_mb", peak_rss_mb(), on_epoch=True)
+        gpu = peak_gpu_mb()
+        if gpu is not None:
+            pl_module.log("memory/peak_gpu_mb", gpu, on_epoch=True)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"total": self.total}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.total = state_dict["total"]
+
+
+class RunSummary(pl.Callback):
+    """Collects per-epoch metrics and writes ``metrics.json`` (atomically) at the end of
+    fit, after test, and on failure. Shape: see DESIGN/README."""
+
+    def __init__(
+        self,
+        path: str,
+        task: str,
+        monitor: str,
+        mode: str = "max",
+        seed: int | None = None,
+        overrides: list[str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.monitor, self.mode = monitor, mode
+        self.history: list[dict[str, float]] = []
+        self.summary: dict[str, Any] = {
+            "status": "running",
+            "task": task,
+            "overrides": list(overrides or []),
+            "seed": seed,
+            "epochs": 0,
+            "final": {},
+            "best": {},
+            "test": {},
+            "train_seconds": 0.0,
+            "peak_memory_mb": None,
+            "peak_rss_mb": None,
+            "params": {},
+            "error": None,
+            "versions": {
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+                "pytorch_lightning": pl.__version__,
+            },
+            "git_commit": _git_commit(),
+            "history": self.history,
+        }
+
+    # -- collection ------------------------------------------------------------------------
+    def on_fit_start(self, trainer, pl_module) -> None:
+        counts = getattr(pl_module, "parameter_counts", None)
+        self.summary["params"] = counts() if counts else {}
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"params/{k}": v for k, v in self.summary["params"].items()}, step=0)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = _scalars(trainer.callback_metrics)
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        row.update({k: v for k, v in metrics.items() if not k.endswith("_step")})
+        # resumed runs re-enter an epoch: keep one row per epoch
+        self.history[:] = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
+        self.summary["epochs"] = trainer.current_epoch + 1
+        self.summary["final"] = {
+            k: v for k, v in row.items() if k.split("/")[0] in ("train", "val")
+        }
+        self.summary["train_seconds"] = row.get("time/train_s", 0.0)
+        self.summary["peak_memory_mb"] = row.get("memory/peak_gpu_mb")
+        self.summary["peak_rss_mb"] = row.get("memory/peak_rss_mb")
+        self._update_best()
+
+    def _update_best(self) -> None:
+        rows = [r for r in self.history if _finite(r.get(self.monitor))]
+        if not rows:
+            return
+        pick = max if self.mode == "max" else min
+        best = pick(rows, key=lambda r: r[self.monitor])
+        self.summary["best"] = {self.monitor: best[self.monitor], "epoch": best["epoch"]}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and self.summary["status"] == "running":
+            self.summary["status"] = "completed"
+            self.write()
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        metrics = _scalars(trainer.callback_metrics)
+        self.summary["test"] = {k: v for k, v in metrics.items() if k.startswith("test/")}
+        if trainer.is_global_zero:
+            self.write()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.fail(exception)
+
+    # -- output ----------------------------------------------------------------------------
+    def fail(self, exception: BaseException, status: str | None = None) -> None:
+        """Record a failure (idempotent: the first error wins) and write the file."""
+        if self.summary["status"] in ("failed", "diverged", "interrupted"):
+            return
+        if status is None:
+            status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        self.summary["status"] = status
+        self.summary["error"] = {
+            "type": type(exception).__name__,
+            "message": str(exception),
+            "traceback": "".join(traceback.format_exception(exception))[-4000:],
+        }
+        self.write()
+
+    def write(self) -> None:
+        atomic_write_json(self.path, self.summary)
+        log.info("Wrote %s (status: %s)", self.path, self.summary["status"])
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
