@@ -2,7 +2,10 @@
 
 Train split: 50,000 train images split 45,000 / 5,000 by a generator seeded with the run seed.
 Test split: the 10,000 test images. Train augmentation as in the study (random horizontal flip,
-RandomResizedCrop(32, scale=(0.8, 1.0), ratio=(0.9, 1.1))), applied per image on tensors.
+RandomResizedCrop(32, scale=(0.8, 1.0), ratio=(0.9, 1.1))), applied per image on tensors in the
+loader's workers; or, with ``device_augment=True``, the images stay on the accelerator as uint8 and
+the loaders yield only indices: ``on_after_batch_transfer`` gathers each batch there and augments
+it as a whole (``datamodules.augment``, same distribution) and normalises it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from torchvision.transforms import v2
+
+from datamodules.augment import augment_batch
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,9 @@ OFFICIAL_MD5 = {
 }
 MEAN = (0.49139968, 0.48215841, 0.44653091)
 STD = (0.24703223, 0.24348513, 0.26158784)
+IMAGE_SIZE = 32
+CROP_SCALE = (0.8, 1.0)  # RandomResizedCrop of the study
+CROP_RATIO = (0.9, 1.1)
 IMAGES_PER_FILE = 10_000
 _MD5_CHECKED: set[Path] = set()  # folders already compared with the official release
 
@@ -84,7 +92,7 @@ def train_transform() -> v2.Compose:
     return v2.Compose(
         [
             v2.RandomHorizontalFlip(),
-            v2.RandomResizedCrop(32, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.RandomResizedCrop(IMAGE_SIZE, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(MEAN, STD),
         ]
@@ -109,6 +117,16 @@ class ImageTensorDataset(Dataset):
         return image, self.labels[index]
 
 
+class IndexBatches(Dataset):
+    """Batches of indices into one split (``device_augment``): the images stay where they are."""
+
+    def __init__(self, split: str) -> None:
+        self.split = split
+
+    def __getitem__(self, indices: list[int]) -> dict:
+        return {"split": self.split, "index": torch.as_tensor(indices, dtype=torch.long)}
+
+
 class CIFAR10DataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -120,6 +138,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         train_subset: int | None = None,
         download: bool = True,
         pin_memory: bool = True,
+        device_augment: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -127,6 +146,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.folder = self.root / FOLDER
         self.data_train = self.data_val = self.data_test = None
         self.train_indices = self.val_indices = None
+        self._resident: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- files -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -198,7 +218,18 @@ class CIFAR10DataModule(pl.LightningDataModule):
             images, labels = self._load(TEST_FILES)
             self.data_test = ImageTensorDataset(images, labels, eval_transform())
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _dataset(self, split: str) -> ImageTensorDataset:
+        return {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset, train = self._dataset(split), split == "train"
+        if self.hparams.device_augment:  # indices only; images are gathered on the device
+            sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
+            return DataLoader(
+                IndexBatches(split),
+                sampler=BatchSampler(sampler, self.hparams.batch_size, drop_last=train),
+                batch_size=None,
+            )
         workers = self.hparams.num_workers
         return DataLoader(
             dataset,
@@ -211,10 +242,38 @@ class CIFAR10DataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, train=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, train=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, train=False)
+        return self._loader("test")
+
+    # -- device_augment: resident uint8 images, whole-batch augmentation on the device ---------
+    def resident(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's uint8 images and labels on ``device``, copied there once."""
+        key = (split, device)
+        if key not in self._resident:
+            dataset = self._dataset(split)
+            self._resident[key] = (dataset.images.to(device), dataset.labels.to(device))
+        return self._resident[key]
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ("mean_std", device)
+        if key not in self._resident:
+            self._resident[key] = tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (MEAN, STD))
+        return self._resident[key]
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if not (isinstance(batch, dict) and "index" in batch):
+            return batch
+        index = batch["index"]
+        images, labels = self.resident(batch["split"], index.device)
+        x, y = images[index], labels[index]
+        if batch["split"] == "train":
+            x = augment_batch(x, IMAGE_SIZE, CROP_SCALE, CROP_RATIO)
+        else:
+            x = x.float().div_(255.0)
+        mean, std = self._mean_std(x.device)
+        return x.sub_(mean).div_(std), y
