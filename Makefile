@@ -29,3 +29,23 @@ tensorboard: install
 
 clean-logs:
 	rm -rf logs
+
+## make bench: the paired CPU benchmarks of bench/ (tens of minutes on 2 cores); JSON lines to $(BENCH_OUT)
+BENCH_OUT ?= logs/bench/results.jsonl
+.PHONY: bench gpu-prep
+bench: install
+	$(PY) bench/attention.py --out $(BENCH_OUT)
+	$(PY) bench/vit_vs_timm.py --out $(BENCH_OUT)
+	$(PY) bench/trainer_overhead.py --out $(BENCH_OUT)
+	$(PY) bench/data_throughput.py --out $(BENCH_OUT)
+	$(PY) bench/memory.py --out $(BENCH_OUT)
+
+## make gpu-prep: what bench/gpu_check.sh needs on a GPU machine without network (.gpu/, .whl/)
+SHARED ?= ../shared
+gpu-prep:
+	mkdir -p .gpu .whl
+	install -m 0644 $(SHARED)/data/cifar10-jpeg.tar.gz $(SHARED)/tools/cifar10_jpeg_to_batches.py .gpu/
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl hydra-core==1.3.2 omegaconf==2.3.0
+	$(PYTHON) -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3  # sdist only on PyPI
