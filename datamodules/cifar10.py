@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -145,13 +148,19 @@ class CIFAR10DataModule(pl.LightningDataModule):
         from torchvision.datasets import CIFAR10
 
         log.info("CIFAR-10 not found in %s; downloading it with torchvision", self.folder)
-        try:
-            CIFAR10(str(self.root), train=True, download=True)
-        except Exception as exc:  # offline, DNS failure, HTTP error, ...
-            raise DatasetError(
-                f"CIFAR-10 is not in {self.folder} and the download failed "
-                f"({type(exc).__name__}: {exc}). " + GET_IT.format(root=self.root, folder=FOLDER)
-            ) from exc
+        self.root.mkdir(parents=True, exist_ok=True)
+        # download and extract into a temporary folder, then rename: nothing half-written stays
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".cifar10-download-") as tmp:
+            try:
+                CIFAR10(tmp, train=True, download=True)
+            except Exception as exc:  # offline, DNS failure, HTTP error, bad archive, ...
+                raise DatasetError(
+                    f"CIFAR-10 is not in {self.folder} and the download failed "
+                    f"({type(exc).__name__}: {exc}). " + GET_IT.format(root=self.root, folder=FOLDER)
+                ) from exc
+            if self.folder.exists():  # a partial folder from an older copy
+                shutil.rmtree(self.folder)
+            os.replace(Path(tmp) / FOLDER, self.folder)
 
     def _check_md5(self) -> None:
         if self.folder in _MD5_CHECKED:
