@@ -21,6 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from datamodules.sampling import EpochShuffleSampler, ResumableLoader
+
 log = logging.getLogger(__name__)
 
 FOLDER = "cifar-10-batches-py"
@@ -99,16 +101,25 @@ def eval_transform() -> v2.Compose:
 
 
 class ImageTensorDataset(Dataset):
+    """uint8 image tensors + labels. A key ``(index, seed)`` (from :class:`EpochShuffleSampler`)
+    draws the augmentation from ``seed``, so it is reproducible whatever the worker layout."""
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.images[index]
         if self.transform is not None:
-            image = self.transform(image)
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image = self.transform(image)
         return image, self.labels[index]
 
 
@@ -209,15 +220,20 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
+        kwargs = dict(
             batch_size=self.hparams.batch_size,
-            shuffle=train,
-            drop_last=train,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
         )
+        if not train:
+            return DataLoader(dataset, shuffle=False, **kwargs)
+        sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch_fn=self._current_epoch)
+        return ResumableLoader(dataset, sampler, drop_last=True, **kwargs)
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, train=True)
