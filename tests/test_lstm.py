@@ -54,8 +54,12 @@ def test_output_layer_is_tied_to_the_embedding():
     net(torch.randint(0, 100, (2, 5))).sum().backward()
     opt.step()
     assert torch.equal(net.classifier.weight, net.embedding.weight)
-    logits = net(torch.randint(0, 100, (3, 7)))
+    tokens = torch.randint(0, 100, (3, 7))
+    logits = net(tokens)
     assert logits.shape == (3, 7, 100)
+    # every call starts from a zero state: no memory of earlier calls or other rows of the batch
+    net(torch.randint(0, 100, (3, 7)))
+    assert torch.allclose(net(tokens[1:2])[0], logits[1], atol=1e-6)
 
 
 @pytest.mark.parametrize("layers", [1, 2, 4])
