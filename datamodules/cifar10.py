@@ -4,24 +4,30 @@ Train split: 50,000 train images split 45,000 / 5,000 by a generator seeded with
 Test split: the 10,000 test images. Train augmentation as in the study (random horizontal flip,
 RandomResizedCrop(32, scale=(0.8, 1.0), ratio=(0.9, 1.1))), applied per image on tensors in the
 loader's workers; or, with ``device_augment=True``, the images stay on the accelerator as uint8 and
-the loaders yield only indices: ``on_after_batch_transfer`` gathers each batch there and augments
-it as a whole (``datamodules.augment``, same distribution) and normalises it.
+the loaders yield only keys (same seeded, resumable order): ``on_after_batch_transfer`` gathers
+each batch there, augments it as a whole (``datamodules.augment``: same distribution, drawn from a
+generator seeded by the batch's augmentation seed) and normalises it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
+from functools import partial
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from datamodules.augment import augment_batch
+from datamodules.sampling import EpochShuffleSampler, ResumableLoader
 
 log = logging.getLogger(__name__)
 
@@ -104,27 +110,50 @@ def eval_transform() -> v2.Compose:
 
 
 class ImageTensorDataset(Dataset):
+    """uint8 image tensors + labels. A key ``(index, seed)`` (from :class:`EpochShuffleSampler`)
+    draws the augmentation from ``seed``, so it is reproducible whatever the worker layout."""
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.images[index]
         if self.transform is not None:
-            image = self.transform(image)
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image = self.transform(image)
         return image, self.labels[index]
 
 
-class IndexBatches(Dataset):
-    """Batches of indices into one split (``device_augment``): the images stay where they are."""
+class IndexKeys(Dataset):
+    """The keys of one split's items (``device_augment``): the images stay on the device."""
 
-    def __init__(self, split: str) -> None:
-        self.split = split
+    def __init__(self, size: int) -> None:
+        self.size = size
 
-    def __getitem__(self, indices: list[int]) -> dict:
-        return {"split": self.split, "index": torch.as_tensor(indices, dtype=torch.long)}
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        return key
+
+
+def collate_keys(split: str, keys: list) -> dict:
+    """Keys -> ``{"split", "index": int64 tensor, "seed": the first item's augmentation seed}``;
+    the seed stays a Python int (not moved to the device, so reading it never syncs)."""
+    if keys and isinstance(keys[0], tuple):
+        index, seeds = zip(*keys)
+        seed = int(seeds[0])
+    else:
+        index, seed = keys, None
+    return {"split": split, "index": torch.as_tensor(index, dtype=torch.long), "seed": seed}
 
 
 class CIFAR10DataModule(pl.LightningDataModule):
@@ -165,13 +194,19 @@ class CIFAR10DataModule(pl.LightningDataModule):
         from torchvision.datasets import CIFAR10
 
         log.info("CIFAR-10 not found in %s; downloading it with torchvision", self.folder)
-        try:
-            CIFAR10(str(self.root), train=True, download=True)
-        except Exception as exc:  # offline, DNS failure, HTTP error, ...
-            raise DatasetError(
-                f"CIFAR-10 is not in {self.folder} and the download failed "
-                f"({type(exc).__name__}: {exc}). " + GET_IT.format(root=self.root, folder=FOLDER)
-            ) from exc
+        self.root.mkdir(parents=True, exist_ok=True)
+        # download and extract into a temporary folder, then rename: nothing half-written stays
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".cifar10-download-") as tmp:
+            try:
+                CIFAR10(tmp, train=True, download=True)
+            except Exception as exc:  # offline, DNS failure, HTTP error, bad archive, ...
+                raise DatasetError(
+                    f"CIFAR-10 is not in {self.folder} and the download failed "
+                    f"({type(exc).__name__}: {exc}). " + GET_IT.format(root=self.root, folder=FOLDER)
+                ) from exc
+            if self.folder.exists():  # a partial folder from an older copy
+                shutil.rmtree(self.folder)
+            os.replace(Path(tmp) / FOLDER, self.folder)
 
     def _check_md5(self) -> None:
         if self.folder in _MD5_CHECKED:
@@ -223,23 +258,25 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         dataset, train = self._dataset(split), split == "train"
-        if self.hparams.device_augment:  # indices only; images are gathered on the device
-            sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
-            return DataLoader(
-                IndexBatches(split),
-                sampler=BatchSampler(sampler, self.hparams.batch_size, drop_last=train),
-                batch_size=None,
-            )
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
+        device_augment = self.hparams.device_augment
+        workers = 0 if device_augment else self.hparams.num_workers  # keys need no workers
+        kwargs = dict(
             batch_size=self.hparams.batch_size,
-            shuffle=train,
-            drop_last=train,
             num_workers=workers,
             persistent_workers=workers > 0,
-            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available() and not device_augment,
         )
+        if device_augment:  # keys only; images gathered and augmented on the device
+            kwargs["collate_fn"] = partial(collate_keys, split)
+            dataset = IndexKeys(len(dataset))
+        if not train:
+            return DataLoader(dataset, shuffle=False, **kwargs)
+        sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch_fn=self._current_epoch)
+        return ResumableLoader(dataset, sampler, drop_last=True, **kwargs)
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -272,7 +309,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
         images, labels = self.resident(batch["split"], index.device)
         x, y = images[index], labels[index]
         if batch["split"] == "train":
-            x = augment_batch(x, IMAGE_SIZE, CROP_SCALE, CROP_RATIO)
+            generator = None
+            if batch["seed"] is not None:  # the batch's augmentation follows the data order's seed
+                generator = torch.Generator(device=x.device)
+                generator.manual_seed(batch["seed"])
+            x = augment_batch(x, IMAGE_SIZE, CROP_SCALE, CROP_RATIO, generator=generator)
         else:
             x = x.float().div_(255.0)
         mean, std = self._mean_std(x.device)

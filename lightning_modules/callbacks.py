@@ -190,7 +190,14 @@ class RunSummary(pl.Callback):
             self.write()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self.fail(exception)
+        if trainer.is_global_zero:
+            self.fail(exception)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history[:] = state_dict["history"]
 
     # -- output ----------------------------------------------------------------------------
     def fail(self, exception: BaseException, status: str | None = None) -> None:
@@ -198,7 +205,12 @@ class RunSummary(pl.Callback):
         if self.summary["status"] in ("failed", "diverged", "interrupted"):
             return
         if status is None:
-            status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+            if isinstance(exception, DivergenceError):
+                status = "diverged"
+            elif isinstance(exception, KeyboardInterrupt):
+                status = "interrupted"
+            else:
+                status = "failed"
         self.summary["status"] = status
         self.summary["error"] = {
             "type": type(exception).__name__,
@@ -214,3 +226,108 @@ class RunSummary(pl.Callback):
 
 def _finite(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class FiniteLossGuard(pl.Callback):
+    """Stops the run at the first non-finite training loss, before a checkpoint can store it.
+
+    Checkpoint callbacks run after all others, so the last checkpoint on disk stays the last good
+    one; ``metrics.json`` records the run as ``diverged``. Checking costs one device sync every
+    ``check_every_n_steps`` steps.
+    """
+
+    def __init__(self, check_every_n_steps: int = 1) -> None:
+        self.every = max(1, check_every_n_steps)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            raise DivergenceError(
+                f"train/loss is {loss.item()} at step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}, batch {batch_idx}): the run diverged. Lower optimizer.lr "
+                "(or clip gradients with trainer.gradient_clip_val); the last good checkpoint is kept."
+            )
+
+
+class ResumeState(pl.Callback):
+    """Makes a resumed run continue exactly where it stopped.
+
+    Saves in every checkpoint the RNG states (torch, CUDA, numpy, random) and, when the checkpoint
+    is taken mid-epoch, the states of the LightningModule's ``train_*`` torchmetrics (the
+    accumulated loss and accuracy of the epoch so far), which Lightning does not save itself.
+    """
+
+    KEY = "lmvit_resume_state"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state_to_torch(np.random.get_state()),
+            "random": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            "train_metrics": {},
+        }
+        processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if 0 < processed < trainer.num_training_batches:  # mid-epoch
+            for name, metric in _train_metrics(pl_module):
+                state["train_metrics"][name] = {
+                    k: _clone(getattr(metric, k)) for k in metric._defaults
+                }
+        checkpoint[self.KEY] = state
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        state = checkpoint.get(self.KEY)
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(state["random"])
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        metrics = dict(_train_metrics(pl_module))
+        for name, values in state["train_metrics"].items():
+            metric = metrics[name]
+            for k, v in values.items():
+                current = getattr(metric, k)
+                setattr(metric, k, v.to(current.device) if isinstance(v, torch.Tensor) else v)
+            metric._update_count = max(metric._update_count, 1)
+            metric._computed = None
+
+
+def _numpy_state_to_torch(state: tuple) -> tuple:
+    """numpy's RNG state with its key array as a tensor (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
+
+
+def _train_metrics(pl_module) -> list[tuple[str, Any]]:
+    from torchmetrics import Metric
+
+    return [
+        (name, m)
+        for name, m in pl_module.named_modules()
+        if isinstance(m, Metric) and name.split(".")[-1].startswith("train")
+    ]
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value

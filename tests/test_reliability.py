@@ -1,0 +1,190 @@
+"""Resume after SIGKILL, determinism, clear errors, divergence, sweeps that survive failures."""
+
+import json
+import math
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, find_runs, load_metrics, run_train
+from lightning_modules.callbacks import atomic_write_json
+from lmvit.config import ConfigError, validate
+
+# a small ViT with dropout (exercises the RNG), 10 batches an epoch, deterministic kernels
+SMALL = [
+    "model.num_layers=1", "model.embed_dim=64", "model.hidden_dim=128", "model.num_heads=4",
+    "model.dropout=0.1", "data.train_subset=320", "data.batch_size=32", "trainer.max_epochs=3",
+    "trainer.limit_val_batches=3", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1",
+    "trainer.deterministic=true", "callbacks.progress_bar=null",
+]
+TIMING_KEYS = ("time/", "memory/")
+
+
+def comparable(metrics: dict) -> dict:
+    """The numbers of a metrics.json that must not depend on timing."""
+    history = [{k: v for k, v in row.items() if not k.startswith(TIMING_KEYS)}
+               for row in metrics["history"]]
+    return {"final": metrics["final"], "best": metrics["best"], "test": metrics["test"],
+            "history": history, "epochs": metrics["epochs"]}
+
+
+def test_run_killed_mid_epoch_and_resumed_matches_uninterrupted_run(tmp_path, data_dir):
+    every = "callbacks.periodic_checkpoint.every_n_train_steps=4"
+    run_train(*SMALL, every, "data.num_workers=0", log_dir=tmp_path / "a", data_dir=data_dir)
+    (uninterrupted,) = find_runs(tmp_path / "a")
+
+    # step 17 is batch 7 of epoch 2; the last checkpoint on disk is step 16 (mid-epoch)
+    kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=17"]
+    proc = run_train(*SMALL, every, "data.num_workers=2", *kill, log_dir=tmp_path / "b",
+                     data_dir=data_dir, check=False)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "b" / "vit" / "runs").iterdir()
+    assert not (run_dir / "metrics.json").exists()
+    import torch
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (ckpt["global_step"], ckpt["epoch"]) == (16, 1)
+
+    # the killed run's TensorBoard events are readable up to its last logged step
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    steps = [e.step for e in events.Scalars("train/loss_step")]
+    assert max(steps) >= 15
+
+    run_train(f"resume={run_dir}", "++callbacks.kill.step=-1", log_dir=tmp_path / "b",
+              data_dir=None)
+    resumed = load_metrics(run_dir)
+    assert resumed["status"] == "completed"
+    assert "+callbacks.kill.step=17" in resumed["overrides"]  # the run's own overrides
+    assert comparable(resumed) == comparable(load_metrics(uninterrupted))
+    assert list((run_dir / "resumes").iterdir())  # Hydra's files of the resumed session
+    # the resumed session appends to the same TensorBoard run
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert max(e.step for e in events.Scalars("train/loss_step")) == 29
+
+
+def test_same_seed_gives_identical_numbers_whatever_the_workers(tmp_path, data_dir):
+    run_train("-m", "data.num_workers=0,2", *SMALL, "trainer.max_epochs=2", "test=false",
+              log_dir=tmp_path, data_dir=data_dir)
+    runs = find_runs(tmp_path)
+    assert len(runs) == 2
+    a, b = (comparable(load_metrics(r)) for r in runs)
+    assert a == b
+    assert a["history"][0]["train/loss"] != a["history"][1]["train/loss"]
+
+
+def compose_with(*overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
+        ("optimizer.lr=-1e-3", "optimizer.lr=-0.001"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1: must be a number >= 0"),
+        ("optimizer=momentum optimizer.momentum=1.0", "optimizer.momentum=1.0: must be a number in [0, 1)"),
+        ("model.embed_dim=100", "model.embed_dim=100: must be divisible by model.num_heads=8"),
+        ("model.patch_size=5", "model.patch_size=5: must be a divisor of model.image_size=32"),
+        ("model.num_layers=0", "model.num_layers=0: must be an integer >= 1"),
+        ("model.norm=middle", "model.norm='middle': must be pre or post"),
+        ("model.attention=flash", "model.attention='flash': must be explicit or sdpa"),
+        ("data.batch_size=0", "data.batch_size=0: must be an integer >= 1"),
+        ("data.val_size=50000", "data.val_size=50000: must be smaller than the 50000 training images"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: must be an integer >= 1"),
+        ("data.data_dir=/no/such/dir", "data.data_dir='/no/such/dir': directory /no/such/dir does not exist"),
+        ("optimizer.lr=abc", "optimizer.lr='abc': must be a number > 0"),
+    ],
+)
+def test_bad_values_get_one_line_naming_setting_and_allowed(override, fragment, data_dir):
+    cfg = compose_with(f"data.data_dir={data_dir}", *override.split())
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert fragment in message and "\n" not in message
+
+
+def test_language_model_settings_are_checked_too():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"data": {"seq_len": 0}})
+    with pytest.raises(ConfigError, match="data.seq_len=0: must be an integer >= 1"):
+        validate(cfg)
+    cfg = OmegaConf.create({"data": {"tokenizer": "bpe"}})
+    with pytest.raises(ConfigError, match="data.tokenizer='bpe': must be word, gpt2 or npz"):
+        validate(cfg)
+
+
+def test_bad_value_fails_fast_from_the_command_line(tmp_path, data_dir):
+    proc = run_train("model.num_heads=7", log_dir=tmp_path, data_dir=data_dir, check=False)
+    assert proc.returncode == 2
+    err = proc.stdout + proc.stderr
+    assert "Invalid setting model.embed_dim=256: must be divisible by model.num_heads=7" in err
+    assert "Traceback" not in err
+    assert "Loading CIFAR-10" not in err  # failed before any data was loaded
+    (run,) = find_runs(tmp_path)
+    metrics = load_metrics(run)
+    assert metrics["status"] == "failed" and "num_heads=7" in metrics["error"]["message"]
+
+
+def test_unknown_optimizer_lists_the_choices(tmp_path, data_dir):
+    proc = run_train("optimizer=adamax", log_dir=tmp_path, data_dir=data_dir, check=False)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "Could not find 'optimizer/adamax'" in err
+    for name in ("adam", "adamw", "sgd", "momentum"):
+        assert name in err
+
+
+def test_divergence_stops_at_once_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+    proc = run_train("debug=fast", "optimizer=sgd", "optimizer.lr=1e9", "trainer.max_epochs=3",
+                     "callbacks.periodic_checkpoint.every_n_train_steps=1",
+                     log_dir=tmp_path, data_dir=data_dir, check=False)
+    assert proc.returncode == 1
+    err = proc.stdout + proc.stderr
+    assert "train/loss is nan at step" in err or "train/loss is inf at step" in err
+    assert "Traceback" not in err
+    (run,) = find_runs(tmp_path)
+    metrics = load_metrics(run)
+    assert metrics["status"] == "diverged"
+    assert "diverged" in metrics["error"]["message"]
+    import torch
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_sweep_survives_a_failed_job_and_exits_nonzero_naming_it(tmp_path, data_dir):
+    proc = run_train("-m", "debug=fast", "trainer.max_epochs=1", "test=false",
+                     "model.num_layers=1,0", log_dir=tmp_path, data_dir=data_dir, check=False)
+    assert proc.returncode == 1
+    (sweep,) = (tmp_path / "vit" / "multiruns").iterdir()
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert summary["completed"] == 1 and summary["failed"] == ["model.num_layers=0,test=False,trainer.max_epochs=1"]
+    assert "1 of 2 jobs failed" in proc.stderr + proc.stdout
+    statuses = {r.name.split(",")[0]: load_metrics(r)["status"] for r in find_runs(sweep)}
+    assert statuses == {"model.num_layers=1": "completed", "model.num_layers=0": "failed"}
+
+
+def test_resume_of_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
+    proc = run_train(f"resume={tmp_path}", log_dir=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert f"{tmp_path}/config.yaml not found" in proc.stdout + proc.stderr
+
+
+def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"status": "completed", "x": 1.0})
+
+    def broken_dump(obj, f, **kwargs):
+        f.write('{"status": "runn')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dump", broken_dump)
+    with pytest.raises(OSError):
+        atomic_write_json(path, {"status": "running"})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"status": "completed", "x": 1.0}
+    assert os.listdir(tmp_path) == ["metrics.json"]
+    assert math.isfinite(json.loads(path.read_text())["x"])
