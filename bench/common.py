@@ -110,6 +110,7 @@ def report(
         "ratio": {k: round(v, 3) for k, v in ratios.items()},
         "paired_ratio": {k: round(v, 3) for k, v in paired_ratios.items()},
         "repeats": len(samples[baseline]),
+        "samples": {k: [_round(x) for x in v] for k, v in samples.items()},
         **extra,
     }
     if target is not None:

@@ -1,28 +1,30 @@
 """Trainer overhead: training steps through our Trainer + LightningModule vs a plain PyTorch loop.
 
 Both sides train the same net (same initial weights) with the same optimizer on the same real
-batches, held in memory so the data pipeline is out of the picture:
+batches, held in memory so the data pipeline is out of the picture, and they alternate step by
+step in one process, so a shared machine's drift lands on both alike:
 
-* ``lightning``: the model and Trainer composed from ``conf/`` as ``train.py`` does (callbacks:
-  epoch timer, run summary, Rich progress bar; TensorBoard logger; checkpointing off as it runs
-  once per epoch), ``trainer.fit`` over the batches; the time from the first batch's start to the
-  end of the epoch's last step (callback hooks, metric updates, logging and the progress bar
-  included; the once-per-fit setup is not per step and is excluded);
-* ``plain``: a fresh optimizer (``fit`` makes one too), then ``for x, y in batches: zero_grad;
-  loss(net, x, y).backward(); step`` over the same DataLoader.
+* ``lightning``: model, Trainer, callbacks (resume state, finite-loss guard, epoch timer, Rich
+  progress bar) and TensorBoard logger composed from ``conf/`` as ``train.py`` does (checkpoints
+  off: they are not per-step work); one ``trainer.fit`` over the batches. A step's time runs from one batch's start to
+  the next one's (hooks, metric updates, logging, progress bar and the fetch included);
+* ``plain``: run by a callback right after each Lightning step, on its own copy of the net and its
+  own optimizer: ``zero_grad; loss(net, batch).backward(); step`` on the same batch; its time is
+  taken out of the Lightning step it sits in.
 
-Target: lightning / plain <= 1.05 per step. One case per model of the study (``--case``); a case
-says how to make its batches, its plain loss and its config overrides, so adding a model is one
-entry in CASES.
+The first ``--warmup`` pairs are dropped. Target: lightning / plain <= 1.05 per step. One case
+per model of the study (``--case``): a case says how to make its batches and its plain loss, so
+adding a model is one entry in CASES.
 
-    python bench/trainer_overhead.py --case vit [--steps 4 --repeats 5]
+    python bench/trainer_overhead.py --case vit [--repeats 8] [--device cuda]
+    python bench/trainer_overhead.py --case lstm
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import common
@@ -36,10 +38,13 @@ from torch.utils.data import DataLoader
 
 @dataclass
 class Case:
-    overrides: list[str]                      # Hydra overrides selecting the model of the study
-    batches: Callable[[int], list]            # n -> n real batches (tensors, already collated)
+    overrides: list[str]  # Hydra overrides selecting the model of the study
+    batches: Callable  # (cfg, n) -> (n real batches, extra model kwargs)
     loss: Callable[[torch.nn.Module, object], torch.Tensor]  # plain loss of the net on a batch
-    extra: dict = field(default_factory=dict)
+
+
+def _vit_batches(cfg, n):
+    return common.cifar10_batches(n, cfg.data.batch_size), {}
 
 
 def _vit_loss(net, batch):
@@ -47,84 +52,106 @@ def _vit_loss(net, batch):
     return F.cross_entropy(net(x), y)
 
 
+def _lstm_batches(cfg, n):
+    dm = instantiate(cfg.data, data_dir=str(common.data_dir()))
+    dm.prepare_data()
+    dm.setup("fit")
+    batches = []
+    for batch in dm.train_dataloader():
+        batches.append(batch)
+        if len(batches) == n:
+            break
+    return batches, {"vocab_size": dm.vocab_size}
+
+
+def _lstm_loss(net, batch):
+    from lightning_modules.language_model import masked_nll
+
+    source, target, mask = batch
+    total, count = masked_nll(net(source), target, mask)
+    return total / count.clamp_min(1)
+
+
 CASES: dict[str, Case] = {
     # the study's 2-layer pre-norm ViT, batch 128, AdamW (Table 2, config 2)
-    "vit": Case(["model=vit", "optimizer=adamw"], lambda n: common.cifar10_batches(n, 128), _vit_loss),
-    # "lstm": the 1-layer LSTM, batch 16, 256 tokens (Table 1): add it here once
-    # lightning_modules/language_model.py lands, with its WikiText-2 batches and masked-NLL loss.
+    "vit": Case(["model=vit", "optimizer=adamw"], _vit_batches, _vit_loss),
+    # the study's 1-layer LSTM, batch 16, 256 tokens, AdamW (Table 1); WikiText-2 as in
+    # ../shared/data (train on wiki.valid.tokens: the speed, not the numbers, matters here)
+    "lstm": Case(["model=lstm", "optimizer=adamw", "data=wikitext2_offline"], _lstm_batches, _lstm_loss),
 }
 
 
-class StepWindow(pl.Callback):
-    """Wall-clock from the first batch's start to the end of the training epoch (all steps)."""
+class Interleave(pl.Callback):
+    """After each Lightning step, one plain step on the same batch; both timed."""
 
-    def __init__(self, device: str) -> None:
-        self.device, self.start, self.seconds, self.steps = device, None, None, 0
+    def __init__(self, plain_step: Callable[[object], float], device: str) -> None:
+        self.plain_step, self.device = plain_step, device
+        self.lightning: list[float] = []
+        self.plain: list[float] = []
+        self._start: float | None = None
+
+    def _close_step(self) -> None:
+        common.synchronize(self.device)
+        now = time.perf_counter()
+        if self._start is not None:
+            self.lightning.append(now - self._start - self.plain[-1])
+        self._start = now
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 0:
-            common.synchronize(self.device)
-            self.start = time.perf_counter()
+        self._close_step()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.steps = batch_idx + 1
+        self.plain.append(self.plain_step(batch))
 
     def on_train_epoch_end(self, trainer, pl_module):
-        common.synchronize(self.device)
-        self.seconds = time.perf_counter() - self.start
+        self._close_step()
 
 
 def main() -> None:
-    p = common.parser(__doc__.splitlines()[0], repeats=5)
+    p = common.parser(__doc__.splitlines()[0], repeats=8, warmup=2)
     p.add_argument("--case", choices=sorted(CASES), default="vit")
-    p.add_argument("--steps", type=int, default=4, help="training steps per measurement")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.attention=sdpa")
     args = p.parse_args()
     case = CASES[args.case]
-    batches = case.batches(args.steps)
     tmp = tempfile.mkdtemp(prefix="bench-trainer-")
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
     with initialize_config_dir(str(common.ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[
             *case.overrides, *args.overrides, f"paths.output_dir={tmp}",
-            "callbacks.run_summary.overrides=[]", "~callbacks.model_checkpoint",
+            "~callbacks.model_checkpoint", "~callbacks.periodic_checkpoint",
             f"trainer.accelerator={accelerator}",
         ])
+    steps = args.warmup + args.repeats
+    batches, model_kwargs = case.batches(cfg, steps)
     pl.seed_everything(cfg.seed, workers=True)
-    module: pl.LightningModule = instantiate(cfg.model)
-    net = instantiate(cfg.model).net  # a second copy of the net, same initial weights
-    net.load_state_dict(module.net.state_dict())
+    module: pl.LightningModule = instantiate(cfg.model, **model_kwargs)
+    net = instantiate(cfg.model, **model_kwargs).net  # a second copy of the net
+    net.load_state_dict(module.net.state_dict())  # same initial weights
     net.to(args.device).train()
-    loader = DataLoader(batches, batch_size=None)  # the same batches for both sides
+    plain_opt = instantiate(cfg.optimizer)(net.parameters())
 
-    def lightning() -> float:
-        window = StepWindow(args.device)
-        callbacks = [window] + [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-        loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=1,
-                              limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
-                              enable_model_summary=False)
-        trainer.fit(module, train_dataloaders=loader)
-        assert window.steps == len(batches)
-        return window.seconds / window.steps
-
-    def plain() -> float:
-        # a fresh optimizer per measurement, as trainer.fit builds one (state init in both)
-        plain_opt = instantiate(cfg.optimizer)(net.parameters())
+    def plain_step(batch) -> float:
+        batch = [t.to(args.device) for t in batch]
         common.synchronize(args.device)
         start = time.perf_counter()
-        for batch in loader:
-            batch = [t.to(args.device, non_blocking=True) for t in batch]
-            plain_opt.zero_grad(set_to_none=True)
-            case.loss(net, batch).backward()
-            plain_opt.step()
+        plain_opt.zero_grad(set_to_none=True)
+        case.loss(net, batch).backward()
+        plain_opt.step()
         common.synchronize(args.device)
-        return (time.perf_counter() - start) / len(batches)
+        return time.perf_counter() - start
 
-    samples = common.paired({"plain": plain, "lightning": lightning}, args.repeats, args.warmup)
+    interleave = Interleave(plain_step, args.device)
+    callbacks = [interleave] + [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=1,
+                          limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
+                          enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    assert len(interleave.lightning) == len(interleave.plain) == steps
+    samples = {"plain": interleave.plain[args.warmup:], "lightning": interleave.lightning[args.warmup:]}
     common.report(f"trainer_overhead_{args.case}", samples, baseline="plain", unit="s/step",
                   target=("lightning", "<=", 1.05), out=args.out, device=args.device,
-                  steps=args.steps, overrides=case.overrides + args.overrides)
+                  overrides=case.overrides + args.overrides)
 
 
 if __name__ == "__main__":

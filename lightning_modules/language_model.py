@@ -53,8 +53,9 @@ class LanguageModel(StudyModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net_kwargs = net_kwargs
         self.net = None if vocab_size is None else LSTMLanguageModel(vocab_size, **net_kwargs)
-        self.loss = {s: MeanMetric() for s in ("train", "val", "test")}
-        self.ppl = {s: ExpMeanMetric() for s in self.loss}
+        # nan_strategy="disable": no NaN check per update (a device sync every step)
+        self.loss = {s: MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")}
+        self.ppl = {s: ExpMeanMetric(nan_strategy="disable") for s in self.loss}
         # register the metrics as submodules so they follow the module's device
         for stage in self.loss:
             self.add_module(f"{stage}_loss", self.loss[stage])

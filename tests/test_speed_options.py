@@ -178,17 +178,33 @@ class _CountBetweenSteps(pl.Callback):
             self.counter.__exit__(None, None, None)
 
 
-def test_training_step_has_no_device_sync(images):
-    x = images[0][:64].float().div(255)
-    y = images[1][:64]
+def _vit_case(images):
+    x, y = images[0][:64].float().div(255), images[1][:64]
     module = ViTClassifier(optimizer=partial(torch.optim.AdamW, lr=1e-3), **TINY)
+    return module, TensorDataset(x, y)
+
+
+def _lstm_case(images):
+    from lightning_modules.language_model import LanguageModel
+
+    tokens = images[0][:64].flatten()[: 64 * 9].long().view(64, 9)  # real bytes as token ids
+    mask = torch.ones(64, 8)
+    mask[::5, 6:] = 0  # some padding, as the last chunk has
+    module = LanguageModel(optimizer=partial(torch.optim.AdamW, lr=1e-3), vocab_size=256,
+                           embedding_size=16, hidden_size=16, num_layers=1)
+    return module, TensorDataset(tokens[:, :-1], tokens[:, 1:], mask)
+
+
+@pytest.mark.parametrize("case", [_vit_case, _lstm_case], ids=["vit", "lstm"])
+def test_training_step_has_no_device_sync(images, case):
+    module, dataset = case(images)
     spy = _CountBetweenSteps()
     trainer = pl.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         callbacks=[spy, pl.callbacks.RichProgressBar()], log_every_n_steps=1000,
         enable_model_summary=False,
     )
-    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=16))
+    trainer.fit(module, DataLoader(dataset, batch_size=16))
     assert trainer.global_step == 4
     assert spy.counter.ops == [], f"device->host syncs in a training step: {spy.counter.ops}"
 
