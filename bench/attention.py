@@ -23,7 +23,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--iters", type=int, default=5, help="fwd+bwd calls per measurement")
-    args = p.parse_args()
+    args = common.parse(p)
     dev = args.device
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.tokens, args.dim, device=dev, requires_grad=True)

@@ -33,7 +33,16 @@ def parser(description: str, repeats: int = 7, warmup: int = 1) -> argparse.Argu
     p.add_argument("--warmup", type=int, default=warmup, help="unmeasured rounds first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="append the JSON line to this file too")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); 1 is steadier on a shared machine")
     return p
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def synchronize(device: str | torch.device) -> None:

@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8, help="loader batches per measurement")
     p.add_argument("--steps", type=int, default=2, help="training steps per measurement")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. data.num_workers=8")
-    args = p.parse_args()
+    args = common.parse(p)
     dev = torch.device(args.device)
     with initialize_config_dir(str(common.ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["model=vit", f"data.data_dir={common.data_dir()}", *args.overrides])

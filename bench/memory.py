@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--only", type=int, nargs="*", default=sorted(CONFIGS))
     p.add_argument("--batches", type=int, default=2, help="training batches per run")
     p.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. data.num_workers=0")
-    args = p.parse_args()
+    args = common.parse(p)
     rows = {}
     for number in args.only:
         overrides, study_mb = CONFIGS[number]

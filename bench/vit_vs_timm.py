@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--iters", type=int, default=2, help="fwd+bwd calls per measurement")
-    args = p.parse_args()
+    args = common.parse(p)
     try:
         from timm.models.vision_transformer import VisionTransformer as TimmViT
     except ImportError:
