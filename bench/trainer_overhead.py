@@ -8,9 +8,10 @@ step in one process, so a shared machine's drift lands on both alike:
   progress bar) and TensorBoard logger composed from ``conf/`` as ``train.py`` does (checkpoints
   off: they are not per-step work); one ``trainer.fit`` over the batches. A step's time runs from one batch's start to
   the next one's (hooks, metric updates, logging, progress bar and the fetch included);
-* ``plain``: run by a callback right after each Lightning step, on its own copy of the net and its
-  own optimizer: ``zero_grad; loss(net, batch).backward(); step`` on the same batch; its time is
-  taken out of the Lightning step it sits in.
+* ``plain``: run by a callback beside each Lightning step (after it on even steps, before it on
+  odd ones), on its own copy of the net and its own optimizer: ``zero_grad;
+  loss(net, batch).backward(); step`` on the same batch; its time is taken out of the Lightning
+  step's window.
 
 The first ``--warmup`` pairs are dropped. Target: lightning / plain <= 1.05 per step. One case
 per model of the study (``--case``): a case says how to make its batches and its plain loss, so
@@ -92,26 +93,38 @@ CASES: dict[str, Case] = {
 
 
 class Interleave(pl.Callback):
-    """After each Lightning step, one plain step on the same batch; both timed."""
+    """One plain step on the same batch beside each Lightning step: after it on even steps,
+    before it on odd ones (so neither side always meets the batch, or the allocator, first).
+    A Lightning step's time runs from one batch start to the next, minus the plain step in it."""
 
     def __init__(self, plain_step: Callable[[object], float], device: str) -> None:
         self.plain_step, self.device = plain_step, device
         self.lightning: list[float] = []
         self.plain: list[float] = []
         self._start: float | None = None
+        self._plain_wall = 0.0  # wall time of the plain step inside the current window
+
+    def _run_plain(self, batch) -> None:
+        start = time.perf_counter()
+        self.plain.append(self.plain_step(batch))
+        self._plain_wall += time.perf_counter() - start
 
     def _close_step(self) -> None:
         common.synchronize(self.device)
         now = time.perf_counter()
         if self._start is not None:
-            self.lightning.append(now - self._start - self.plain[-1])
-        self._start = now
+            self.lightning.append(now - self._start - self._plain_wall)
+        self._start, self._plain_wall = now, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._close_step()
+        if batch_idx % 2:
+            self._run_plain(batch)
+            self._start, self._plain_wall = time.perf_counter(), 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.plain.append(self.plain_step(batch))
+        if batch_idx % 2 == 0:
+            self._run_plain(batch)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self._close_step()
