@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from datamodules.sampling import EpochShuffleSampler, ResumableLoader
+from datamodules.sampling import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -219,21 +219,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
             self.data_test = ImageTensorDataset(images, labels, eval_transform())
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        kwargs = dict(
+        return make_loader(
+            dataset,
+            train=train,
             batch_size=self.hparams.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            num_workers=self.hparams.num_workers,
+            pin_memory=self.hparams.pin_memory,
+            seed=self.hparams.seed,
+            trainer_getter=lambda: getattr(self, "trainer", None),
         )
-        if not train:
-            return DataLoader(dataset, shuffle=False, **kwargs)
-        sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch_fn=self._current_epoch)
-        return ResumableLoader(dataset, sampler, drop_last=True, **kwargs)
-
-    def _current_epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return trainer.current_epoch if trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, train=True)
