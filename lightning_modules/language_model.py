@@ -1,0 +1,115 @@
+"""LightningModule training the study's LSTM language model: masked NLL, token-weighted perplexity."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from lightning_modules.base import OptimizerFactory, SchedulerFactory, StudyModule
+from lightning_modules.nets.lstm import LSTMLanguageModel
+
+
+def masked_nll(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of the real tokens and their number.
+
+    ``logits`` (B, T, V), ``target`` (B, T) ids, ``mask`` (B, T) with 1 on real tokens and 0 on
+    padding; padded positions contribute nothing whatever their logits or ids.
+    """
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten().long(), reduction="none")
+    weights = mask.flatten().to(nll.dtype)
+    return (nll * weights).sum(), weights.sum()
+
+
+class ExpMeanMetric(MeanMetric):
+    """exp of a weighted mean: with the mean NLL per batch weighted by its real-token count, this
+    is the perplexity of the whole epoch, exp(total NLL / total real tokens)."""
+
+    def compute(self) -> torch.Tensor:
+        return super().compute().exp()
+
+
+class LanguageModel(StudyModule):
+    """Masked mean NLL + token-weighted perplexity around a plain :class:`LSTMLanguageModel`.
+
+    Every keyword not listed here is passed to the net (``embedding_size``, ``hidden_size``,
+    ``num_layers``, ``embeddings_path``, ``freeze_embeddings``). ``vocab_size`` normally comes from
+    the data: left ``None``, the net is built in :meth:`configure_model` from the data module's
+    ``vocab_size`` (its tokenizer) and recorded in the hyperparameters, so checkpoints reload
+    with ``LanguageModel.load_from_checkpoint`` alone. Passing it builds the net at once.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        compile: bool = False,
+        vocab_size: int | None = None,
+        **net_kwargs,
+    ) -> None:
+        super().__init__(optimizer, scheduler, compile)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.net_kwargs = net_kwargs
+        self.net = None if vocab_size is None else LSTMLanguageModel(vocab_size, **net_kwargs)
+        self.loss = {s: MeanMetric() for s in ("train", "val", "test")}
+        self.ppl = {s: ExpMeanMetric() for s in self.loss}
+        # register the metrics as submodules so they follow the module's device
+        for stage in self.loss:
+            self.add_module(f"{stage}_loss", self.loss[stage])
+            self.add_module(f"{stage}_ppl", self.ppl[stage])
+
+    # -- building the net from the data ------------------------------------------------------
+    def configure_model(self) -> None:
+        data_vocab = self._data_vocab_size()
+        if self.net is None:
+            if data_vocab is None:
+                raise ValueError(
+                    "LanguageModel has no vocabulary size: pass vocab_size (model.vocab_size=N) "
+                    "or train with a data module that exposes vocab_size (e.g. WikiText2DataModule)."
+                )
+            self.hparams.vocab_size = data_vocab  # saved in checkpoints
+            self.net = LSTMLanguageModel(data_vocab, **self.net_kwargs)
+        elif data_vocab is not None and data_vocab != self.net.vocab_size:
+            raise ValueError(
+                f"model.vocab_size={self.net.vocab_size} but the data's tokenizer has {data_vocab} "
+                "tokens: leave model.vocab_size=null to take it from the data, or use the "
+                "tokenizer the model (checkpoint) was trained with."
+            )
+        super().configure_model()
+
+    def _data_vocab_size(self) -> int | None:
+        trainer = self._trainer  # None when called by load_from_checkpoint
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return getattr(datamodule, "vocab_size", None)
+
+    def parameter_counts(self) -> dict[str, int]:
+        if self.net is None:
+            raise RuntimeError("The net is built at fit time (configure_model); no parameters yet.")
+        return super().parameter_counts()
+
+    # -- steps -------------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.net(tokens)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        source, target, mask = batch
+        total, count = masked_nll(self.net(source), target, mask)
+        loss = total / count.clamp_min(1)
+        self.loss[stage].update(loss.detach(), weight=count)
+        self.ppl[stage].update(loss.detach(), weight=count)
+        self.log(f"{stage}/loss", self.loss[stage], on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/ppl", self.ppl[stage], on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, "train")
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
