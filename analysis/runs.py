@@ -133,6 +133,7 @@ def describe_run(run: Path) -> dict[str, Any]:
         "norm": norm,
         "max_epochs": max_epochs,
         "train_file": _get(config, "data.train_file"),
+        "tokenizer": _get(config, "data.tokenizer"),
         "epochs": (summary or {}).get("epochs"),
         "train_seconds": (summary or {}).get("train_seconds"),
         "peak_memory_mb": (summary or {}).get("peak_memory_mb"),

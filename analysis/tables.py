@@ -46,6 +46,9 @@ def _note(run: pd.Series, study: pd.Series | None) -> str:
     train_file = run.get("train_file")
     if isinstance(train_file, str) and train_file.endswith(OFFLINE_TRAIN_FILES):
         notes.append(f"trained on {train_file.rsplit('/', 1)[-1]}: not comparable with WikiText-2 results")
+    tokenizer = run.get("tokenizer")
+    if run.get("task") == "lstm" and isinstance(tokenizer, str) and tokenizer != "npz":
+        notes.append(f"{tokenizer} tokens: perplexity per {tokenizer} token, the study's per GPT-1 BPE token")
     return "; ".join(notes)
 
 

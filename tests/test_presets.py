@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 
-from analysis.study import TABLE2_ROWS
+from analysis.study import TABLE1_ROWS, TABLE2_ROWS
 from tests.conftest import ROOT
 
 CONF = str(ROOT / "conf")
@@ -39,6 +39,17 @@ def experiment_options(loader, pattern: str) -> list[str]:
     return [o for o in loader.get_group_options("experiment") if fnmatch.fnmatch(o, pattern)]
 
 
+def assert_study_optimizer(cfg, name: str, lr: float) -> None:
+    """The composed optimizer, built, is the study's ``name`` with its lr, momentum, weight decay."""
+    cls, momentum, weight_decay = OPTIMIZERS[name]
+    built = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert type(built) is cls
+    group = built.param_groups[0]
+    assert group["lr"] == pytest.approx(lr) and group["weight_decay"] == pytest.approx(weight_decay)
+    if momentum is not None:
+        assert group["momentum"] == pytest.approx(momentum)
+
+
 def test_table2_glob_sweeps_the_seven_configurations(hydra_conf):
     options = experiment_options(hydra_conf, "table2_*")
     assert len(options) == 7
@@ -55,13 +66,24 @@ def test_table2_preset_is_the_study_configuration(hydra_conf, number, norm, laye
     assert (cfg.model.num_layers, cfg.model.norm) == (layers, norm)
     assert (cfg.model.embed_dim, cfg.model.hidden_dim, cfg.model.num_heads, cfg.model.patch_size) == (256, 512, 8, 4)
     assert cfg.trainer.max_epochs == 10 and cfg.seed == 42 and cfg.data.batch_size == 128
-    cls, momentum, weight_decay = OPTIMIZERS[optimizer]
-    built = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
-    assert type(built) is cls
-    group = built.param_groups[0]
-    assert group["lr"] == pytest.approx(3e-4) and group["weight_decay"] == pytest.approx(weight_decay)
-    if momentum is not None:
-        assert group["momentum"] == pytest.approx(momentum)
+    assert_study_optimizer(cfg, optimizer, lr=3e-4)
+
+
+def test_table1_glob_sweeps_the_six_configurations(hydra_conf):
+    assert len(experiment_options(hydra_conf, "table1_*")) == 6
+
+
+@pytest.mark.parametrize("number, row", list(enumerate(TABLE1_ROWS, start=1)))
+def test_table1_preset_is_the_study_configuration(hydra_conf, number, row):
+    optimizer, layers, epochs = row[:3]
+    (name,) = experiment_options(hydra_conf, f"table1_{number}_*")
+    cfg = compose("train", overrides=[f"experiment={name}"])
+    assert cfg.study_config == f"table1/{number}" and cfg.label
+    assert cfg.task == "lstm" and (cfg.monitor.metric, cfg.monitor.mode) == ("val/ppl", "min")
+    assert cfg.model.num_layers == layers and cfg.trainer.max_epochs == epochs
+    assert (cfg.model.embedding_size, cfg.model.hidden_size, cfg.data.seq_len) == (768, 512, 256)
+    assert cfg.data.batch_size == 16 and cfg.seed == 42
+    assert_study_optimizer(cfg, optimizer, lr=1e-3)
 
 
 def test_fifty_epoch_preset(hydra_conf):
