@@ -9,6 +9,7 @@ import matplotlib as mpl
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from analysis.runs import completed
 from analysis.study import FIGURES
@@ -40,6 +41,8 @@ def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, task: str, x: str, tit
         ax.set_xlabel(x_label)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
+        if x == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if metric == "ppl" and name == metric_name:
             ax.set_yscale("log")
     handles, _ = axes[1].get_legend_handles_labels()

@@ -166,7 +166,7 @@ def to_markdown(table: pd.DataFrame, decimals: int = 4) -> str:
     for _, row in table.iterrows():
         cells = []
         for col in shown:
-            digits = 1 if "time" in col.lower() or "MB" in col else decimals
+            digits = 1 if "time" in col.lower() or "MB" in col else 3 if "PPL" in col else decimals
             cell = _fmt(row[col], digits)
             if col in metric_cols and pd.notna(row[f"{col} (study)"]):
                 study = _fmt(row[f"{col} (study)"], digits)

@@ -18,7 +18,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from analysis import epoch_curves, load_scalars, write_report
+from analysis import epoch_curves, load_runs, load_scalars, table3, write_report
 from analysis.__main__ import main as report_main
 from analysis.study import TABLE1_COLUMNS, TABLE2_COLUMNS, TABLE3_COLUMNS, study_rows
 from tests.conftest import ROOT, find_runs, load_metrics, run_train
@@ -111,6 +111,20 @@ def test_table3_memory(report_dir, tiny_sweep):
         assert row["GPU memory (MB) (study)"] == study_rows().loc[f"table2/{config}", "peak_memory_mb"]
         if summary["peak_memory_mb"] is None:  # a CPU run: no GPU number, no difference
             assert math.isnan(row["GPU memory (MB)"]) and math.isnan(row["GPU memory (MB) (diff)"])
+
+
+def test_table3_difference_on_a_gpu_run(tiny_sweep, tmp_path):
+    """A run that recorded GPU memory gets the difference to the study's number."""
+    run = next(r for r in find_runs(tiny_sweep) if load_metrics(r)["task"] == "vit")
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    summary = load_metrics(copy)
+    summary["peak_memory_mb"] = 1300.5  # as EpochTimer records it on CUDA
+    (copy / "metrics.json").write_text(json.dumps(summary))
+    (row,) = table3(load_runs(copy)).to_dict("records")
+    published = study_rows().loc[summary["experiment"]["study_config"], "peak_memory_mb"]
+    assert row["GPU memory (MB)"] == 1300.5
+    assert row["GPU memory (MB) (diff)"] == pytest.approx(1300.5 - published)
 
 
 def test_figures_are_written(report_dir):
