@@ -170,6 +170,7 @@ def to_markdown(table: pd.DataFrame, decimals: int = 4) -> str:
             cell = _fmt(row[col], digits)
             if col in metric_cols and pd.notna(row[f"{col} (study)"]):
                 study = _fmt(row[f"{col} (study)"], digits)
+                cell = cell or "n/a"
                 diff = row[f"{col} (diff)"]
                 cell += f" (study {study}, diff {diff:+.{digits}f})" if pd.notna(diff) else f" (study {study})"
             cells.append(cell.replace("|", "\\|"))
