@@ -13,7 +13,6 @@ depth, so every loader takes a sweep directory, a log folder or a list of run di
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -247,7 +246,3 @@ def epoch_curves(scalars: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=["run", "epoch"])
     return pd.concat(rows, ignore_index=True).sort_values(["run", "epoch"]).reset_index(drop=True)
-
-
-def is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
