@@ -102,6 +102,7 @@ def test_datamodule_batches_and_cache_reuse(data_dir, tmp_path):
     assert dm.vocab_size == len(set(_words(data_dir / "wikitext-2" / "wiki.valid.tokens")))
     source, target, mask = next(iter(dm.train_dataloader()))
     assert source.shape == target.shape == mask.shape == (8, 64)
+    assert not torch.equal(source, dm.datasets["train"].tensors[0][:8])  # train batches are shuffled
     assert len(dm.datasets["train"]) == math.ceil(217_646 / 65)
     files = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert len([p for p in files if p.suffix == ".pt"]) == 2 and len([p for p in files if p.suffix == ".txt"]) == 1
@@ -175,10 +176,9 @@ def test_missing_files_offline_error_names_files_and_folder(tmp_path):
 
 def test_npz_tokens_are_read_as_they_are(gpt2, data_dir, tmp_path):
     """The course's format (tokens + per-line sizes), here written from real GPT-2 ids."""
-    for name, split in (("wiki.train.npz", "wiki.valid.tokens"), ("wiki.validation.npz", "wiki.test.tokens"),
-                        ("wiki.test.npz", "wiki.test.tokens")):
-        lines = (data_dir / "wikitext-2" / split).read_text(encoding="utf-8").splitlines()
-        per_line = [enc.ids for enc in gpt2.tokenizer.encode_batch(lines)]
+    lines = (data_dir / "wikitext-2" / "wiki.test.tokens").read_text(encoding="utf-8").splitlines()
+    per_line = [enc.ids for enc in gpt2.tokenizer.encode_batch(lines)]
+    for name in ("wiki.train.npz", "wiki.validation.npz", "wiki.test.npz"):
         np.savez(tmp_path / name, tokens=np.array([i for ids in per_line for i in ids], dtype=np.uint16),
                  sizes=np.array([len(ids) for ids in per_line]))
     dm = WikiText2DataModule(str(tmp_path), folder=".", tokenizer="npz", npz_vocab_size=50_257,
