@@ -118,6 +118,7 @@ class RunSummary(pl.Callback):
         mode: str = "max",
         seed: int | None = None,
         overrides: list[str] | None = None,
+        experiment: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.monitor, self.mode = monitor, mode
@@ -126,6 +127,9 @@ class RunSummary(pl.Callback):
             "status": "running",
             "task": task,
             "overrides": list(overrides or []),
+            # preset name, human label and study row, e.g. {"name": "table2_1_adam",
+            # "label": "ViT pre-norm 2L Adam", "study_config": "table2/1"}; the report matches on it
+            "experiment": {str(k): v for k, v in (experiment or {}).items()},
             "seed": seed,
             "epochs": 0,
             "final": {},
