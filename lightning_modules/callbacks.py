@@ -201,7 +201,15 @@ class RunSummary(pl.Callback):
         return {"history": list(self.history)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history[:] = state_dict["history"]
+        # applied when training resumes (on_train_start): testing a checkpoint also loads
+        # callback states, and must not roll the history back to that checkpoint's epoch
+        self._restored_history = state_dict["history"]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        restored = getattr(self, "_restored_history", None)
+        if restored is not None:
+            self.history[:] = restored
+            self._restored_history = None
 
     # -- output ----------------------------------------------------------------------------
     def fail(self, exception: BaseException, status: str | None = None) -> None:
