@@ -80,48 +80,52 @@ def _study_row(study_config) -> pd.Series | None:
     return study.loc[study_config] if isinstance(study_config, str) and study_config in study.index else None
 
 
-def table1(runs: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 (LSTM): Optimizer, Layers, Epochs, Train loss, Train PPL, Val loss, Val PPL, Train time."""
-    runs = _ordered(completed(runs)[lambda r: r["task"] == "lstm"])
+def _study_table(runs: pd.DataFrame, task: str, describe, metrics: dict, empty_columns: list) -> pd.DataFrame:
+    """One row per completed run of ``task``: ``describe(run)`` columns, then ``metrics``, a note,
+    and the study's numbers with the difference where the configuration matches."""
+    runs = _ordered(completed(runs)[lambda r: r["task"] == task])
     rows = []
     for _, run in runs.iterrows():
         row = {
             "Config": config_label(run["study_config"]) if isinstance(run["study_config"], str) else "-",
             "Label": run["label"],
-            "Optimizer": run["optimizer_name"],
-            "Layers": run["num_layers"],
-            "Epochs": run["epochs"],
+            **describe(run),
         }
-        row.update({col: run.get(key, np.nan) for col, key in TABLE1_METRICS.items()})
+        row.update({col: run.get(key, np.nan) for col, key in metrics.items()})
         row["Note"] = _note(run, _study_row(run["study_config"]))
         row["Run"] = run["run"]
         rows.append(row)
     if not rows:
-        return pd.DataFrame(columns=["Config", "Label", *TABLE1_COLUMNS, "Note", "Run"])
-    return _with_study(rows, runs, TABLE1_METRICS)
+        return pd.DataFrame(columns=empty_columns)
+    return _with_study(rows, runs, metrics)
+
+
+def table1(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 (LSTM): Optimizer, Layers, Epochs, Train loss, Train PPL, Val loss, Val PPL, Train time."""
+    return _study_table(
+        runs,
+        "lstm",
+        lambda run: {"Optimizer": run["optimizer_name"], "Layers": run["num_layers"], "Epochs": run["epochs"]},
+        TABLE1_METRICS,
+        ["Config", "Label", *TABLE1_COLUMNS, "Note", "Run"],
+    )
 
 
 def table2(runs: pd.DataFrame) -> pd.DataFrame:
     """Table 2 (ViT): Config, Architecture, Layers, Optimizer, Train loss, Train Acc, Val loss,
     Val Acc, Train Time (and Epochs, which the study fixes at 10)."""
-    runs = _ordered(completed(runs)[lambda r: r["task"] == "vit"])
-    rows = []
-    for _, run in runs.iterrows():
-        row = {
-            "Config": config_label(run["study_config"]) if isinstance(run["study_config"], str) else "-",
-            "Label": run["label"],
+    return _study_table(
+        runs,
+        "vit",
+        lambda run: {
             "Architecture": architecture(run["norm"]),
             "Layers": run["num_layers"],
             "Optimizer": run["optimizer_name"],
             "Epochs": run["epochs"],
-        }
-        row.update({col: run.get(key, np.nan) for col, key in TABLE2_METRICS.items()})
-        row["Note"] = _note(run, _study_row(run["study_config"]))
-        row["Run"] = run["run"]
-        rows.append(row)
-    if not rows:
-        return pd.DataFrame(columns=[*TABLE2_COLUMNS, "Label", "Epochs", "Note", "Run"])
-    return _with_study(rows, runs, TABLE2_METRICS)
+        },
+        TABLE2_METRICS,
+        [*TABLE2_COLUMNS, "Label", "Epochs", "Note", "Run"],
+    )
 
 
 def table3(runs: pd.DataFrame) -> pd.DataFrame:
