@@ -120,11 +120,17 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return saved
 
 
-def original_overrides(cfg: DictConfig, hydra_overrides: list[str]) -> list[str]:
-    if not cfg.resume:
-        return list(hydra_overrides)
-    saved = Path(cfg.resume) / ".hydra" / "overrides.yaml"
-    return list(OmegaConf.load(saved)) if saved.is_file() else []
+def run_identity(cfg: DictConfig) -> tuple[list[str], str | None]:
+    """The run's command-line overrides and experiment preset: this session's, or for a resumed
+    run those its first session recorded in ``.hydra/hydra.yaml``."""
+    hydra_cfg = HydraConfig.get()
+    if cfg.resume:
+        saved = Path(cfg.resume) / ".hydra" / "hydra.yaml"
+        if saved.is_file():
+            hydra_cfg = OmegaConf.load(saved).hydra
+        else:
+            return [], None
+    return list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices.get("experiment")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -135,13 +141,17 @@ def main(cfg: DictConfig) -> float | None:
     try:
         if cfg.resume:
             cfg = resume_config(cfg, list(hydra_cfg.overrides.task))
+        overrides, experiment = run_identity(cfg)
         summary = RunSummary(
             path=str(Path(cfg.paths.output_dir) / "metrics.json"),
             task=str(cfg.get("task")),
             monitor=cfg.monitor.metric,
             mode=cfg.monitor.mode,
             seed=cfg.get("seed"),
-            overrides=original_overrides(cfg, list(hydra_cfg.overrides.task)),
+            overrides=overrides,
+            # which preset and which row of the study it reproduces (the report matches on it)
+            experiment={"name": experiment, "label": cfg.get("label"),
+                        "study_config": cfg.get("study_config")},
         )
         validate(cfg)
         return train(cfg, summary)

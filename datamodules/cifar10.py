@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from datamodules.augment import augment_batch
-from datamodules.sampling import EpochShuffleSampler, ResumableLoader
+from datamodules.sampling import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -257,26 +257,19 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]
 
     def _loader(self, split: str) -> DataLoader:
-        dataset, train = self._dataset(split), split == "train"
-        device_augment = self.hparams.device_augment
-        workers = 0 if device_augment else self.hparams.num_workers  # keys need no workers
-        kwargs = dict(
+        dataset, extra = self._dataset(split), {}
+        if self.hparams.device_augment:  # keys only; images gathered and augmented on the device
+            dataset, extra = IndexKeys(len(dataset)), {"collate_fn": partial(collate_keys, split)}
+        return make_loader(
+            dataset,
+            train=split == "train",
             batch_size=self.hparams.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=self.hparams.pin_memory and torch.cuda.is_available() and not device_augment,
+            num_workers=0 if self.hparams.device_augment else self.hparams.num_workers,
+            pin_memory=self.hparams.pin_memory and not self.hparams.device_augment,
+            seed=self.hparams.seed,
+            trainer_getter=lambda: getattr(self, "trainer", None),
+            **extra,
         )
-        if device_augment:  # keys only; images gathered and augmented on the device
-            kwargs["collate_fn"] = partial(collate_keys, split)
-            dataset = IndexKeys(len(dataset))
-        if not train:
-            return DataLoader(dataset, shuffle=False, **kwargs)
-        sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch_fn=self._current_epoch)
-        return ResumableLoader(dataset, sampler, drop_last=True, **kwargs)
-
-    def _current_epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return trainer.current_epoch if trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

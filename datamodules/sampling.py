@@ -17,14 +17,21 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class EpochShuffleSampler(Sampler):
-    """Yields ``(index, augmentation_seed)`` pairs in an order fixed by ``(seed, epoch)``.
+    """Yields ``(index, augmentation_seed)`` pairs (plain indices with ``with_seeds=False``) in an
+    order fixed by ``(seed, epoch)``.
 
     The epoch is read from ``epoch_fn`` (e.g. the trainer's current epoch) when iteration starts,
     falling back to :meth:`set_epoch`.
     """
 
-    def __init__(self, size: int, seed: int, epoch_fn: Callable[[], int] | None = None) -> None:
-        self.size, self.seed, self.epoch_fn = size, seed, epoch_fn
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        epoch_fn: Callable[[], int] | None = None,
+        with_seeds: bool = True,
+    ) -> None:
+        self.size, self.seed, self.epoch_fn, self.with_seeds = size, seed, epoch_fn, with_seeds
         self.epoch = 0
         self.iter_epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, samples already seen)
@@ -42,7 +49,7 @@ class EpochShuffleSampler(Sampler):
         aug_seeds = torch.randint(2**62, (self.size,), generator=generator)
         return permutation, aug_seeds
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int] | int]:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         start = 0
         if self._resume is not None and self._resume[0] == epoch:
@@ -50,7 +57,10 @@ class EpochShuffleSampler(Sampler):
         self._resume = None
         self.iter_epoch = epoch
         permutation, aug_seeds = self.order(epoch)
-        yield from zip(permutation[start:].tolist(), aug_seeds[start:].tolist())
+        if self.with_seeds:
+            yield from zip(permutation[start:].tolist(), aug_seeds[start:].tolist())
+        else:
+            yield from permutation[start:].tolist()
 
     def __len__(self) -> int:
         return self.size
@@ -81,3 +91,35 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.resume_from(state["epoch"], state["batches"] * self.batch_size)
+
+
+def make_loader(
+    dataset,
+    *,
+    train: bool,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    seed: int,
+    trainer_getter: Callable[[], object] | None = None,
+    with_seeds: bool = True,
+    **loader_kwargs,
+) -> DataLoader:
+    """Evaluation: a plain sequential DataLoader. Training: a :class:`ResumableLoader` whose
+    epoch order follows ``trainer.current_epoch`` (``trainer_getter()``; epoch 0 without one)."""
+    kwargs = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        **loader_kwargs,  # e.g. collate_fn
+    )
+    if not train:  # a private generator: creating iterators never consumes the global torch RNG
+        return DataLoader(dataset, shuffle=False, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+    def current_epoch() -> int:
+        trainer = trainer_getter() if trainer_getter is not None else None
+        return trainer.current_epoch if trainer is not None else 0
+
+    sampler = EpochShuffleSampler(len(dataset), seed, epoch_fn=current_epoch, with_seeds=with_seeds)
+    return ResumableLoader(dataset, sampler, drop_last=True, **kwargs)

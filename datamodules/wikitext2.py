@@ -33,6 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules.sampling import make_loader
 from datamodules.tokenizers import (
     COURSE_VOCAB_SIZE,
     TOKENIZERS,
@@ -163,6 +164,7 @@ class WikiText2DataModule(pl.LightningDataModule):
         mirrors: Sequence[str] = MIRRORS,
         npz_vocab_size: int = COURSE_VOCAB_SIZE,
         pin_memory: bool = True,
+        seed: int = 42,
     ) -> None:
         super().__init__()
         if tokenizer not in TOKENIZERS:
@@ -356,14 +358,15 @@ class WikiText2DataModule(pl.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
+        return make_loader(
             self.datasets[split],
+            train=train,
             batch_size=self.hparams.batch_size,
-            shuffle=train,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            num_workers=self.hparams.num_workers,
+            pin_memory=self.hparams.pin_memory,
+            seed=self.hparams.seed,
+            trainer_getter=lambda: getattr(self, "trainer", None),
+            with_seeds=False,
         )
 
     def train_dataloader(self) -> DataLoader:

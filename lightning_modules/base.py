@@ -7,9 +7,11 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import Metric
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+STAGES = ("train", "val", "test")
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
@@ -19,7 +21,11 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
 
 
 class StudyModule(pl.LightningModule):
-    """Holds ``self.net`` and builds the optimizer (and optional LR schedule) from config.
+    """Holds ``self.net``, its per-stage metrics and the optimizer (and optional LR schedule).
+
+    A subclass builds ``self.net``, declares its metrics with :meth:`add_metric` and implements
+    :meth:`step` (loss of a batch, updating ``self.metrics[stage]``); this class logs every metric
+    as ``<stage>/<name>`` per epoch and the training loss as ``train/loss_step`` per step.
 
     ``optimizer`` is a partial (Hydra ``_partial_: true``) taking the parameters;
     ``scheduler`` an optional partial taking the optimizer and ``total_steps``.
@@ -49,6 +55,36 @@ class StudyModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.compile_net = compile
+        self.metrics: dict[str, dict[str, Metric]] = {stage: {} for stage in STAGES}
+
+    def add_metric(self, name: str, factory: Callable[[], Metric]) -> None:
+        """One ``factory()`` metric per stage, a submodule ``<stage>_<name>`` (so it follows the
+        module's device), logged as ``<stage>/<name>`` at the end of each epoch."""
+        for stage in STAGES:
+            metric = factory()
+            self.add_module(f"{stage}_{name}", metric)
+            self.metrics[stage][name] = metric
+
+    def step(self, batch, stage: str) -> torch.Tensor:
+        """The batch's loss; updates ``self.metrics[stage]``."""
+        raise NotImplementedError
+
+    def _logged_step(self, batch, stage: str) -> torch.Tensor:
+        loss = self.step(batch, stage)
+        for name, metric in self.metrics[stage].items():
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._logged_step(batch, "train")
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._logged_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._logged_step(batch, "test")
 
     def configure_model(self) -> None:
         # nn.Module.compile compiles the net's forward in place: parameters and state_dict keys

@@ -118,6 +118,7 @@ class RunSummary(pl.Callback):
         mode: str = "max",
         seed: int | None = None,
         overrides: list[str] | None = None,
+        experiment: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.monitor, self.mode = monitor, mode
@@ -126,6 +127,9 @@ class RunSummary(pl.Callback):
             "status": "running",
             "task": task,
             "overrides": list(overrides or []),
+            # preset name, human label and study row, e.g. {"name": "table2_1_adam",
+            # "label": "ViT pre-norm 2L Adam", "study_config": "table2/1"}; the report matches on it
+            "experiment": {str(k): v for k, v in (experiment or {}).items()},
             "seed": seed,
             "epochs": 0,
             "final": {},
@@ -197,7 +201,15 @@ class RunSummary(pl.Callback):
         return {"history": list(self.history)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history[:] = state_dict["history"]
+        # applied when training resumes (on_train_start): testing a checkpoint also loads
+        # callback states, and must not roll the history back to that checkpoint's epoch
+        self._restored_history = state_dict["history"]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        restored = getattr(self, "_restored_history", None)
+        if restored is not None:
+            self.history[:] = restored
+            self._restored_history = None
 
     # -- output ----------------------------------------------------------------------------
     def fail(self, exception: BaseException, status: str | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
@@ -45,7 +47,7 @@ class LanguageModel(StudyModule):
         self,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         vocab_size: int | None = None,
         **net_kwargs,
     ) -> None:
@@ -54,12 +56,8 @@ class LanguageModel(StudyModule):
         self.net_kwargs = net_kwargs
         self.net = None if vocab_size is None else LSTMLanguageModel(vocab_size, **net_kwargs)
         # nan_strategy="disable": no NaN check per update (a device sync every step)
-        self.loss = {s: MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")}
-        self.ppl = {s: ExpMeanMetric(nan_strategy="disable") for s in self.loss}
-        # register the metrics as submodules so they follow the module's device
-        for stage in self.loss:
-            self.add_module(f"{stage}_loss", self.loss[stage])
-            self.add_module(f"{stage}_ppl", self.ppl[stage])
+        self.add_metric("loss", partial(MeanMetric, nan_strategy="disable"))
+        self.add_metric("ppl", partial(ExpMeanMetric, nan_strategy="disable"))
 
     # -- building the net from the data ------------------------------------------------------
     def configure_model(self) -> None:
@@ -94,23 +92,10 @@ class LanguageModel(StudyModule):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.net(tokens)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def step(self, batch, stage: str) -> torch.Tensor:
         source, target, mask = batch
         total, count = masked_nll(self.net(source), target, mask)
         loss = total / count.clamp_min(1)
-        self.loss[stage].update(loss.detach(), weight=count)
-        self.ppl[stage].update(loss.detach(), weight=count)
-        self.log(f"{stage}/loss", self.loss[stage], on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/ppl", self.ppl[stage], on_step=False, on_epoch=True, prog_bar=True)
+        self.metrics[stage]["loss"].update(loss.detach(), weight=count)
+        self.metrics[stage]["ppl"].update(loss.detach(), weight=count)
         return loss
-
-    def training_step(self, batch, batch_idx):
-        loss = self._step(batch, "train")
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")

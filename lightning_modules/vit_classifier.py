@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -30,33 +32,16 @@ class ViTClassifier(StudyModule):
         self.net = VisionTransformer(num_classes=num_classes, **net_kwargs)
         # nan_strategy="disable": no NaN check per update (its `if nans.any()` is a device sync
         # every step); a NaN loss then shows up in the epoch mean instead of being dropped
-        self.loss = {s: MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")}
-        self.acc = {s: MulticlassAccuracy(num_classes, average="micro") for s in self.loss}
-        # register the metrics as submodules so they follow the module's device
-        for stage in self.loss:
-            self.add_module(f"{stage}_loss", self.loss[stage])
-            self.add_module(f"{stage}_acc", self.acc[stage])
+        self.add_metric("loss", partial(MeanMetric, nan_strategy="disable"))
+        self.add_metric("acc", lambda: MulticlassAccuracy(num_classes, average="micro"))
 
     def forward(self, images):
         return self.net(images)
 
-    def _step(self, batch, stage: str):
+    def step(self, batch, stage: str):
         images, labels = batch
         logits = self.net(images)
         loss = F.cross_entropy(logits, labels)
-        self.loss[stage].update(loss.detach(), weight=labels.numel())
-        self.acc[stage].update(logits.detach(), labels)
-        self.log(f"{stage}/loss", self.loss[stage], on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/acc", self.acc[stage], on_step=False, on_epoch=True, prog_bar=True)
+        self.metrics[stage]["loss"].update(loss.detach(), weight=labels.numel())
+        self.metrics[stage]["acc"].update(logits.detach(), labels)
         return loss
-
-    def training_step(self, batch, batch_idx):
-        loss = self._step(batch, "train")
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")

@@ -1,0 +1,248 @@
+"""Run directories -> pandas DataFrames.
+
+A run directory is one Hydra job: it holds ``.hydra/`` (or ``config.yaml``), ``tensorboard/``
+event files and, once the run has ended (or failed), ``metrics.json``. Sweeps nest them at any
+depth, so every loader takes a sweep directory, a log folder or a list of run directories.
+
+* :func:`load_runs`: one row per run (status, configuration, final/best/test metrics, time,
+  memory), including runs still running or failed (their ``status`` says so).
+* :func:`load_scalars`: every scalar of the runs' TensorBoard event files, long format.
+* :func:`epoch_curves`: per-epoch train/val curves (epoch and cumulative train seconds as x axes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from analysis.study import OPTIMIZER_NAMES, match_study_config
+
+RUN_MARKERS = ("metrics.json", ".hydra/config.yaml", "config.yaml")
+EVENT_GLOB = "events.out.tfevents.*"
+
+
+def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Run directories at or below ``paths`` (a run is a folder holding ``metrics.json``,
+    ``.hydra/config.yaml`` or ``config.yaml``), sorted, without the report's own folder."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: set[Path] = set()
+    for root in map(Path, paths):
+        if not root.exists():
+            raise FileNotFoundError(
+                f"Run or sweep directory {root} does not exist: pass a folder written by train.py "
+                "(e.g. logs/vit/multiruns/<date_time>) or a log folder holding such runs"
+            )
+        for marker in ("metrics.json", "config.yaml"):
+            for file in root.rglob(marker):
+                run = file.parent.parent if file.parent.name == ".hydra" else file.parent
+                if "report" not in run.relative_to(root).parts and _is_run_dir(run):
+                    found.add(run.resolve())
+    return sorted(found)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_config(run: Path) -> dict[str, Any]:
+    """The run's resolved config (``config.yaml``, written by train.py) or Hydra's copy."""
+    for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
+        if path.is_file():
+            try:
+                return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
+            except Exception:  # noqa: BLE001 - a half-written file: treat as unknown
+                continue
+    return {}
+
+
+def _read_choices(run: Path) -> dict[str, Any]:
+    """Hydra's config-group choices (``optimizer: adamw``, ``model: vit``, ``experiment: ...``)."""
+    path = run / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        hydra_cfg = OmegaConf.load(path)
+        choices = OmegaConf.select(hydra_cfg, "hydra.runtime.choices", default=None)
+        return OmegaConf.to_container(choices, resolve=False) if choices is not None else {}  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _optimizer_key(choices: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """adam | adamw | sgd | momentum, from Hydra's choice or else from the optimizer target."""
+    if choices.get("optimizer"):
+        return str(choices["optimizer"])
+    opt = config.get("optimizer") or {}
+    target = str(opt.get("_target_", "")).rsplit(".", 1)[-1].lower()
+    if target == "sgd":
+        return "momentum" if float(opt.get("momentum") or 0) > 0 else "sgd"
+    return target or None
+
+
+def _get(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d
+
+
+def describe_run(run: Path) -> dict[str, Any]:
+    """One run as a flat record (see :func:`load_runs`)."""
+    run = Path(run)
+    summary = _read_json(run / "metrics.json")
+    config = _read_config(run)
+    choices = _read_choices(run)
+    experiment = (summary or {}).get("experiment") or {}
+    task = (summary or {}).get("task") or config.get("task")
+    optimizer = _optimizer_key(choices, config)
+    num_layers = _get(config, "model.num_layers")
+    norm = _get(config, "model.norm")
+    max_epochs = _get(config, "trainer.max_epochs")
+    study_config = experiment.get("study_config") or config.get("study_config")
+    if not study_config and task and optimizer:
+        study_config = match_study_config(task, optimizer, num_layers, norm, max_epochs)
+    label = experiment.get("label") or config.get("label") or _default_label(
+        task, optimizer, num_layers, norm, run
+    )
+    record: dict[str, Any] = {
+        "run": str(run),
+        "name": run.name,
+        "status": (summary or {}).get("status", "no metrics.json"),
+        "task": task,
+        "label": label,
+        "study_config": study_config,
+        "experiment": experiment.get("name") or choices.get("experiment"),
+        "optimizer": optimizer,
+        "optimizer_name": OPTIMIZER_NAMES.get(optimizer or "", optimizer),
+        "num_layers": num_layers,
+        "norm": norm,
+        "max_epochs": max_epochs,
+        "train_file": _get(config, "data.train_file"),
+        "tokenizer": _get(config, "data.tokenizer"),
+        "epochs": (summary or {}).get("epochs"),
+        "train_seconds": (summary or {}).get("train_seconds"),
+        "peak_memory_mb": (summary or {}).get("peak_memory_mb"),
+        "peak_rss_mb": (summary or {}).get("peak_rss_mb"),
+        "params": _get(summary or {}, "params.learnable"),
+        "error": _get(summary or {}, "error.message"),
+        "has_events": any((run / "tensorboard").glob(EVENT_GLOB)) if (run / "tensorboard").is_dir()
+        else any(run.rglob(EVENT_GLOB)),
+    }
+    for section in ("final", "test"):
+        for key, value in ((summary or {}).get(section) or {}).items():
+            record[key] = value
+    for key, value in ((summary or {}).get("best") or {}).items():
+        record[f"best:{key}"] = value
+    return record
+
+
+def _default_label(task, optimizer, num_layers, norm, run: Path) -> str:
+    if not task:
+        return run.name
+    parts = [str(task).upper() if task == "lstm" else "ViT"]
+    if task == "vit" and norm:
+        parts.append(f"{norm}-norm")
+    if num_layers is not None:
+        parts.append(f"{num_layers}L")
+    if optimizer:
+        parts.append(OPTIMIZER_NAMES.get(optimizer, optimizer))
+    return " ".join(parts)
+
+
+def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """One row per run found at or below ``paths``: ``run`` (its directory), ``status``
+    (``completed``, ``failed``, ``running``, ..., or ``no metrics.json`` for a run still
+    starting or killed), ``task``, ``label``, ``study_config``, ``optimizer``, ``num_layers``,
+    ``norm``, ``epochs``, final metrics (``train/loss``, ``val/acc``, ...), ``test/...``,
+    ``best:<metric>``, ``train_seconds``, ``peak_memory_mb`` (GPU) and ``peak_rss_mb``."""
+    records = [describe_run(run) for run in find_run_dirs(paths)]
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        frame = pd.DataFrame(columns=["run", "name", "status", "task", "label", "study_config"])
+    # labels name lines in figures and rows in tables: make repeated ones unique
+    dup = frame["label"].duplicated(keep=False)
+    if dup.any():
+        frame.loc[dup, "label"] = frame.loc[dup, "label"] + " [" + frame.loc[dup, "name"] + "]"
+    return frame.reset_index(drop=True)
+
+
+def completed(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "completed"]
+
+
+# -- TensorBoard scalars -------------------------------------------------------------------
+def load_scalars(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """Every scalar in the runs' TensorBoard event files: columns ``run``, ``tag``, ``step``,
+    ``wall_time``, ``value`` (read with TensorBoard's own ``EventAccumulator``)."""
+    from tensorboard.backend.event_processing.event_accumulator import (
+        SCALARS,
+        EventAccumulator,
+    )
+
+    frames = []
+    for run in map(Path, run_dirs):
+        event_dirs = sorted({f.parent for f in run.rglob(EVENT_GLOB)})
+        for event_dir in event_dirs:
+            acc = EventAccumulator(str(event_dir), size_guidance={SCALARS: 0})
+            try:
+                acc.Reload()
+            except Exception:  # noqa: BLE001 - a truncated file of a run still writing
+                continue
+            for tag in acc.Tags().get(SCALARS, []):
+                events = acc.Scalars(tag)
+                frames.append(pd.DataFrame({
+                    "run": str(run),
+                    "tag": tag,
+                    "step": [e.step for e in events],
+                    "wall_time": [e.wall_time for e in events],
+                    "value": [e.value for e in events],
+                }))
+    if not frames:
+        return pd.DataFrame(columns=["run", "tag", "step", "wall_time", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def epoch_curves(scalars: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch curves from :func:`load_scalars` output: one row per (run, epoch) with
+    ``epoch`` (1-based, as in the study's figures), ``time/train_s`` (cumulative wall-clock
+    seconds of training) and every epoch-level metric (``train/loss``, ``val/acc``, ...)."""
+    if scalars.empty:
+        return pd.DataFrame(columns=["run", "epoch"])
+    rows = []
+    for run, group in scalars.groupby("run", sort=False):
+        epoch_at_step = (
+            group[group["tag"] == "epoch"].drop_duplicates("step", keep="last").set_index("step")["value"]
+        )
+        # epoch-level metrics: train/*, val/* (not the per-step ones), time/*, memory/*
+        keep = group["tag"].str.match(r"^(train|val|time|memory)/") & ~group["tag"].str.endswith("_step")
+        wide = (
+            group[keep]
+            .drop_duplicates(["tag", "step"], keep="last")
+            .pivot(index="step", columns="tag", values="value")
+        )
+        if wide.empty:
+            continue
+        wide["epoch"] = epoch_at_step.reindex(wide.index).to_numpy()
+        wide = wide.dropna(subset=["epoch"])
+        # several logging steps can share an epoch (train and val end): merge them
+        wide = wide.groupby("epoch").last().reset_index()
+        wide["epoch"] = wide["epoch"].astype(int) + 1
+        wide.insert(0, "run", run)
+        rows.append(wide)
+    if not rows:
+        return pd.DataFrame(columns=["run", "epoch"])
+    return pd.concat(rows, ignore_index=True).sort_values(["run", "epoch"]).reset_index(drop=True)

@@ -1,0 +1,118 @@
+"""The study's configurations and published numbers (IFT6135 2022 A2; see ``STUDY.md``).
+
+Each row is keyed by ``study_config`` (``"table1/3"``, ``"table2/6"``, ``"table2/6@50"``), the value
+the presets in ``conf/experiment/`` record in ``metrics.json``. A run without a preset matches a
+row when its task, optimizer, depth, norm placement and epochs are the study's.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "momentum": "Momentum"}
+
+# Table 1: LSTM on WikiText-2
+TABLE1_COLUMNS = [
+    "Optimizer", "Layers", "Epochs", "Train loss", "Train PPL", "Val loss", "Val PPL", "Train time",
+]
+TABLE1_ROWS = [
+    ("adam", 1, 10, 4.392, 80.838, 4.971, 144.122, 1164.858),
+    ("adamw", 1, 10, 4.394, 81.003, 4.974, 144.637, 1158.204),
+    ("sgd", 1, 10, 7.750, 2322.226, 7.684, 2173.959, 1145.895),
+    ("momentum", 1, 10, 7.466, 1748.510, 7.411, 1653.420, 1150.707),
+    ("adamw", 2, 10, 4.072, 58.723, 4.995, 147.697, 1310.358),
+    ("adamw", 4, 10, 4.471, 87.476, 5.092, 162.786, 1605.471),
+]
+
+# Table 2: ViT on CIFAR-10 (config 6 trained for 50 epochs: only its val accuracy is published)
+TABLE2_COLUMNS = [
+    "Config", "Architecture", "Layers", "Optimizer",
+    "Train loss", "Train Acc", "Val loss", "Val Acc", "Train Time",
+]
+TABLE2_ROWS = [
+    (1, "pre", 2, "adam", 10, 0.9898, 0.6447, 1.0656, 0.6171, 464.63),
+    (2, "pre", 2, "adamw", 10, 0.9898, 0.6446, 1.0655, 0.6173, 392.75),
+    (3, "pre", 2, "sgd", 10, 2.075, 0.2599, 2.0708, 0.2587, 383.48),
+    (4, "pre", 2, "momentum", 10, 1.6449, 0.4096, 1.6069, 0.4212, 386.53),
+    (5, "pre", 4, "adamw", 10, 0.8942, 0.6824, 1.0017, 0.6453, 508.62),
+    (6, "pre", 6, "adamw", 10, 0.8444, 0.7020, 0.9490, 0.6634, 626.91),
+    (7, "post", 6, "adamw", 10, 0.8683, 0.6915, 0.9984, 0.6404, 610.75),
+]
+TABLE2_50_EPOCHS_VAL_ACC = 0.7712
+
+# Table 3: GPU memory (MB) of Table 2's configs 1-7
+TABLE3_COLUMNS = ["Config", "Architecture", "Layers", "Optimizer", "GPU memory (MB)"]
+TABLE3_GPU_MB = {1: 1294, 2: 1294, 3: 1286, 4: 1290, 5: 1690, 6: 2086, 7: 2086}
+
+# metrics.json keys behind the study's columns
+TABLE1_METRICS = {
+    "Train loss": "train/loss", "Train PPL": "train/ppl", "Val loss": "val/loss",
+    "Val PPL": "val/ppl", "Train time": "train_seconds",
+}
+TABLE2_METRICS = {
+    "Train loss": "train/loss", "Train Acc": "train/acc", "Val loss": "val/loss",
+    "Val Acc": "val/acc", "Train Time": "train_seconds",
+}
+
+# the study's figures: which configurations, which x axis
+FIGURES = [
+    ("figure1", "lstm", ["table1/1", "table1/2", "table1/3", "table1/4"], "epoch",
+     "LSTM, 1 layer, four optimizers"),
+    ("figure2", "lstm", ["table1/5", "table1/6"], "epoch", "LSTM, AdamW, 2 and 4 layers"),
+    ("figure3", "vit", ["table2/1", "table2/2", "table2/3", "table2/4"], "epoch",
+     "ViT pre-norm, 2 layers, four optimizers"),
+    ("figure4", "vit", ["table2/1", "table2/2", "table2/3", "table2/4"], "wall",
+     "ViT pre-norm, 2 layers, four optimizers"),
+    ("figure5", "vit", ["table2/5", "table2/6", "table2/7"], "epoch",
+     "ViT, AdamW, 4 and 6 layers, pre/post-norm"),
+    ("figure6", "vit", ["table2/5", "table2/6", "table2/7"], "wall",
+     "ViT, AdamW, 4 and 6 layers, pre/post-norm"),
+]
+
+
+def architecture(norm: str) -> str:
+    return f"ViT ({norm}-norm)"
+
+
+def study_rows() -> pd.DataFrame:
+    """Every published configuration, one row each, keyed by ``study_config``."""
+    rows = []
+    for i, (opt, layers, epochs, tl, tp, vl, vp, secs) in enumerate(TABLE1_ROWS, start=1):
+        rows.append({
+            "study_config": f"table1/{i}", "task": "lstm", "optimizer": opt, "num_layers": layers,
+            "norm": None, "max_epochs": epochs, "train/loss": tl, "train/ppl": tp, "val/loss": vl,
+            "val/ppl": vp, "train_seconds": secs,
+        })
+    for cfg, norm, layers, opt, epochs, tl, ta, vl, va, secs in TABLE2_ROWS:
+        rows.append({
+            "study_config": f"table2/{cfg}", "task": "vit", "optimizer": opt, "num_layers": layers,
+            "norm": norm, "max_epochs": epochs, "train/loss": tl, "train/acc": ta, "val/loss": vl,
+            "val/acc": va, "train_seconds": secs, "peak_memory_mb": float(TABLE3_GPU_MB[cfg]),
+        })
+    rows.append({
+        "study_config": "table2/6@50", "task": "vit", "optimizer": "adamw", "num_layers": 6,
+        "norm": "pre", "max_epochs": 50, "val/acc": TABLE2_50_EPOCHS_VAL_ACC,
+    })
+    return pd.DataFrame(rows).set_index("study_config")
+
+
+def config_label(study_config: str) -> str:
+    """Human row name: ``table2/6@50`` -> ``6 (50 epochs)``, ``table1/3`` -> ``3``."""
+    _, _, rest = study_config.partition("/")
+    number, _, epochs = rest.partition("@")
+    return f"{number} ({epochs} epochs)" if epochs else number
+
+
+def match_study_config(task, optimizer, num_layers, norm, max_epochs) -> str | None:
+    """The study row a plain run reproduces exactly (same task, optimizer, depth, norm, epochs)."""
+    study = study_rows()
+    for key, row in study.iterrows():
+        if (
+            row["task"] == task
+            and row["optimizer"] == optimizer
+            and row["num_layers"] == num_layers
+            and (row["task"] != "vit" or row["norm"] == norm)
+            and row["max_epochs"] == max_epochs
+        ):
+            return str(key)
+    return None
