@@ -113,7 +113,7 @@ DEV=$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)
 S() { if [ "$SMOKE" = 1 ]; then echo "$1"; else echo "$2"; fi; }  # smoke value | GPU value
 bench 40 bench/attention.py --device "$DEV" --iters "$(S 1 20)"
 bench 40 bench/vit_vs_timm.py --device "$DEV" --iters "$(S 1 20)"
-bench 60 bench/trainer_overhead.py --device "$DEV" --steps "$(S 1 30)"
+bench 60 bench/trainer_overhead.py --device "$DEV" --repeats "$(S 1 30)" --warmup "$(S 0 5)"
 bench 60 bench/data_throughput.py --device "$DEV" --batches "$(S 2 20)" --steps "$(S 1 20)"
 # shellcheck disable=SC2046
 bench 90 bench/memory.py --device "$DEV" --batches "$(S 1 5)" --only $(S 2 "2 6")
