@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.cifar10 import DatasetError
 from lightning_modules.callbacks import DivergenceError, RunSummary
 from lmvit.config import ConfigError, flatten, print_config, validate
+from lmvit.distributed import check_ddp_launch
 
 log = logging.getLogger("train")
 
@@ -65,6 +66,7 @@ def train(cfg: DictConfig, summary: RunSummary) -> float | None:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [summary]
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    check_ddp_launch(trainer)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if summary.summary["status"] != "completed":  # fit stopped early (e.g. Ctrl-C)
         return None

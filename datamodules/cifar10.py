@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from datamodules.sampling import make_loader
+from lmvit.distributed import warn_uneven_shards
 
 log = logging.getLogger(__name__)
 
