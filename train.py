@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -168,7 +167,7 @@ def main(cfg: DictConfig) -> float | None:
         else:
             log.exception("Job failed: %s", exc)
         if multirun:  # recorded in its metrics.json; the sweep goes on and exits 1 at the end
-            return math.nan
+            return None  # the Optuna sweeper records None as a FAILED trial (NaN would be COMPLETE)
         raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None
 
 

@@ -211,3 +211,16 @@ def test_slurm_launcher_config_matches_lightning_ddp_and_requeue(tmp_path, monke
     assert env.auto_requeue and env.requeue_signal == signal.SIGUSR1
     assert "signal=USR1@120" in flags
     assert "srun" in sbatch  # SLURM starts the processes: Lightning does not re-run the script
+
+
+def test_optuna_database_storage_works_with_the_pinned_sqlalchemy(tmp_path):
+    """hydra.sweeper.storage=sqlite:///... (resumable, shareable studies) with optuna 2.10 needs
+    SQLAlchemy < 2 (pyproject's scale extra); with 2.x optuna fails when it creates the study."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=2)
+    reloaded = optuna.load_study(study_name="s", storage=storage)
+    assert len(reloaded.trials) == 2 and reloaded.best_value == study.best_value
