@@ -224,3 +224,18 @@ def test_optuna_database_storage_works_with_the_pinned_sqlalchemy(tmp_path):
     study.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=2)
     reloaded = optuna.load_study(study_name="s", storage=storage)
     assert len(reloaded.trials) == 2 and reloaded.best_value == study.best_value
+
+
+def test_training_order_shards_partition_the_epoch_across_processes():
+    """Under DDP each process draws a disjoint, equal share of the one seeded epoch order (with its
+    augmentation seeds); Lightning keeps the sampler since it is a DistributedSampler."""
+    from torch.utils.data import DistributedSampler
+
+    from datamodules.sampling import EpochShuffleSampler
+
+    whole = list(EpochShuffleSampler(10, seed=3))
+    shards = [list(EpochShuffleSampler(10, seed=3, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]  # 10 // 3: the last position is dropped
+    assert sorted(p for s in shards for p in s) == sorted(whole[:9])
+    assert shards[1] == whole[1:9:3]
+    assert isinstance(EpochShuffleSampler(10, seed=3), DistributedSampler)
