@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.cifar10 import DatasetError
 from lightning_modules.callbacks import DivergenceError, RunSummary
 from lmvit.config import ConfigError, flatten, print_config, validate
+from lmvit.distributed import check_ddp_launch
 
 log = logging.getLogger("train")
 
@@ -65,6 +65,7 @@ def train(cfg: DictConfig, summary: RunSummary) -> float | None:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [summary]
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    check_ddp_launch(trainer)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if summary.summary["status"] != "completed":  # fit stopped early (e.g. Ctrl-C)
         return None
@@ -166,7 +167,7 @@ def main(cfg: DictConfig) -> float | None:
         else:
             log.exception("Job failed: %s", exc)
         if multirun:  # recorded in its metrics.json; the sweep goes on and exits 1 at the end
-            return math.nan
+            return None  # the Optuna sweeper records None as a FAILED trial (NaN would be COMPLETE)
         raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None
 
 

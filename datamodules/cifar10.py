@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 
 from datamodules.augment import augment_batch
 from datamodules.sampling import make_loader
+from lmvit.distributed import warn_uneven_shards
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,18 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.data_test is None and stage in (None, "test", "predict"):
             images, labels = self._load(TEST_FILES)
             self.data_test = ImageTensorDataset(images, labels, eval_transform())
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Under DDP, val/test metrics equal a single process's only if each set splits evenly."""
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if self.data_val is not None:
+            warn_uneven_shards("validation", len(self.data_val), world,
+                               f"Set data.val_size to a multiple of {world}.")
+        if self.data_test is not None:
+            warn_uneven_shards("test", len(self.data_test), world,
+                               "Use a number of processes that divides 10000 for exact test numbers.")
 
     def _dataset(self, split: str) -> ImageTensorDataset:
         return {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]

@@ -13,15 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
-class EpochShuffleSampler(Sampler):
+class EpochShuffleSampler(DistributedSampler):
     """Yields ``(index, augmentation_seed)`` pairs (plain indices with ``with_seeds=False``) in an
     order fixed by ``(seed, epoch)``.
 
     The epoch is read from ``epoch_fn`` (e.g. the trainer's current epoch) when iteration starts,
     falling back to :meth:`set_epoch`.
+
+    Under DDP (``num_replicas`` processes) process ``rank`` takes every ``num_replicas``-th position
+    of the epoch's order starting at ``rank``; the tail that does not split evenly is dropped (as
+    ``DistributedSampler(drop_last=True)``). Being a ``DistributedSampler``, Lightning keeps it
+    rather than wrapping it in one of its own.
     """
 
     def __init__(
@@ -30,8 +35,14 @@ class EpochShuffleSampler(Sampler):
         seed: int,
         epoch_fn: Callable[[], int] | None = None,
         with_seeds: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         self.size, self.seed, self.epoch_fn, self.with_seeds = size, seed, epoch_fn, with_seeds
+        # DistributedSampler.__init__ wants a dataset and a process group: its fields are set here
+        self.num_replicas, self.rank, self.shuffle, self.drop_last = num_replicas, rank, True, True
+        self.num_samples = size // num_replicas
+        self.total_size = self.num_samples * num_replicas
         self.epoch = 0
         self.iter_epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, samples already seen)
@@ -57,13 +68,15 @@ class EpochShuffleSampler(Sampler):
         self._resume = None
         self.iter_epoch = epoch
         permutation, aug_seeds = self.order(epoch)
+        shard = slice(self.rank, self.total_size, self.num_replicas)
+        permutation, aug_seeds = permutation[shard], aug_seeds[shard]
         if self.with_seeds:
             yield from zip(permutation[start:].tolist(), aug_seeds[start:].tolist())
         else:
             yield from permutation[start:].tolist()
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_samples
 
 
 class ResumableLoader(DataLoader):
@@ -121,5 +134,9 @@ def make_loader(
         trainer = trainer_getter() if trainer_getter is not None else None
         return trainer.current_epoch if trainer is not None else 0
 
-    sampler = EpochShuffleSampler(len(dataset), seed, epoch_fn=current_epoch, with_seeds=with_seeds)
+    trainer = trainer_getter() if trainer_getter is not None else None  # under DDP: this process's shard
+    sampler = EpochShuffleSampler(
+        len(dataset), seed, epoch_fn=current_epoch, with_seeds=with_seeds,
+        num_replicas=getattr(trainer, "world_size", 1), rank=getattr(trainer, "global_rank", 0),
+    )
     return ResumableLoader(dataset, sampler, drop_last=True, **kwargs)

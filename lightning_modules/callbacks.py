@@ -17,6 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,14 @@ class EpochTimer(pl.Callback):
             return
         seconds = time.perf_counter() - self._start
         self.total += seconds
-        pl_module.log("time/epoch_s", seconds, on_epoch=True)
-        pl_module.log("time/train_s", self.total, on_epoch=True)
-        pl_module.log("memory/peak_rss_mb", peak_rss_mb(), on_epoch=True)
+        # under DDP each process measures its own; log the slowest / largest (max over processes)
+        sync = {"on_epoch": True, "sync_dist": True, "reduce_fx": "max"}
+        pl_module.log("time/epoch_s", seconds, **sync)
+        pl_module.log("time/train_s", self.total, **sync)
+        pl_module.log("memory/peak_rss_mb", peak_rss_mb(), **sync)
         gpu = peak_gpu_mb()
         if gpu is not None:
-            pl_module.log("memory/peak_gpu_mb", gpu, on_epoch=True)
+            pl_module.log("memory/peak_gpu_mb", gpu, **sync)
 
     def state_dict(self) -> dict[str, float]:
         return {"total": self.total}
@@ -183,7 +186,8 @@ class RunSummary(pl.Callback):
         self.summary["best"] = {self.monitor: best[self.monitor], "epoch": best["epoch"]}
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and self.summary["status"] == "running":
+        # every process marks the fit completed (train.py then tests on all of them); rank 0 writes
+        if self.summary["status"] == "running":
             self.summary["status"] = "completed"
             self.write()
 
@@ -231,6 +235,7 @@ class RunSummary(pl.Callback):
         }
         self.write()
 
+    @rank_zero_only  # one metrics.json per run: under DDP only global rank 0 writes, failures included
     def write(self) -> None:
         atomic_write_json(self.path, self.summary)
         log.info("Wrote %s (status: %s)", self.path, self.summary["status"])

@@ -1,0 +1,241 @@
+"""Scaling out: DDP on 2 CPU processes (gloo), parallel sweeps (joblib, submitit_local), the Optuna
+search, and the SLURM launcher config. End-to-end runs use a tiny ViT on a few real CIFAR-10 batches."""
+
+from __future__ import annotations
+
+import re
+import signal
+import warnings
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from tests.conftest import ROOT, find_runs, load_metrics, run_train
+
+TINY = (
+    "debug=fast",
+    "model.num_layers=1",
+    "model.embed_dim=32",
+    "model.hidden_dim=64",
+    "model.num_heads=2",
+    "trainer.accelerator=cpu",
+)
+SWEEP_JOB = ("trainer.max_epochs=1", "test=false")  # sweep tests check the launching, not training
+EVENT_NAME = re.compile(r"events\.out\.tfevents\.\d+\..+\.(\d+)\.\d+$")
+
+
+def event_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("events.out.tfevents.*"))
+
+
+def writer_pid(event_file: Path) -> int:
+    """TensorBoard names each event file ...<time>.<host>.<pid>.<n>: the process that wrote it."""
+    return int(EVENT_NAME.search(event_file.name).group(1))
+
+
+def overrides_of(run_dir: Path) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in load_metrics(run_dir)["overrides"])
+
+
+# -- DDP --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_on_two_processes_logs_once_and_matches_a_single_process_evaluation(tmp_path, data_dir):
+    # val_size=64 = 2 processes x 2 batches x 16 images: DistributedSampler splits the 64 images into
+    # two disjoint halves with no padding, and debug's limit_val_batches=2 covers each half entirely.
+    proc = run_train(*TINY, "trainer=ddp", "trainer.devices=2", "data.val_size=64",
+                     log_dir=tmp_path, data_dir=data_dir)
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # rank 1 joined the process group
+
+    runs = find_runs(tmp_path)
+    assert len(runs) == 1, runs  # one metrics.json for the whole run
+    run = runs[0]
+    assert [p.name for p in (tmp_path / "vit" / "runs").iterdir()] == [run.name]  # one run dir
+    # rank 1 (started by Lightning re-running train.py) worked in rank 0's run dir
+    assert (run / "train_ddp_process_1.log").is_file()
+    summary = load_metrics(run)
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert summary["test"]["test/acc"] >= 0.0  # the test stage ran on both ranks without hanging
+
+    # one set of TensorBoard logs, all written by one process (rank 0)
+    events = event_files(tmp_path)
+    assert events and {e.parent for e in events} == {run / "tensorboard"}
+    assert len({writer_pid(e) for e in events}) == 1
+
+    # independent single-process evaluation of the final weights on the same 64 validation images
+    from datamodules.cifar10 import CIFAR10DataModule
+    from lightning_modules.nets.vit import VisionTransformer
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    net_kwargs = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in ("compile", "_instantiator")}
+    net = VisionTransformer(**net_kwargs)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    net.eval()
+    dm = CIFAR10DataModule(data_dir=str(data_dir), val_size=64, seed=42, num_workers=0)
+    dm.setup("fit")
+    images = torch.stack([dm.data_val[i][0] for i in range(len(dm.data_val))])
+    labels = torch.stack([dm.data_val[i][1] for i in range(len(dm.data_val))])
+    with torch.no_grad():
+        logits = net(images)
+    acc = (logits.argmax(-1) == labels).float().mean().item()
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+
+    assert summary["final"]["val/acc"] == pytest.approx(acc, abs=1e-7)  # counts over 64: exact
+    assert summary["final"]["val/loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_ddp_subprocess_launch_inside_a_multirun_is_refused():
+    """Lightning would re-run the sweep's command line for rank 1: a clear error instead."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from lmvit.config import ConfigError
+    from lmvit.distributed import check_ddp_launch
+
+    trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        try:
+            for mode, refused in (("RUN", False), ("MULTIRUN", True)):
+                cfg = compose("train", overrides=[f"hydra.mode={mode}"], return_hydra_config=True)
+                HydraConfig.instance().set_config(cfg)
+                if refused:
+                    with pytest.raises(ConfigError, match=r"trainer\.devices=2 .* multirun"):
+                        check_ddp_launch(trainer)
+                else:
+                    check_ddp_launch(trainer)
+        finally:
+            HydraConfig.instance().cfg = None
+    single = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    check_ddp_launch(single)  # one process: nothing to launch
+
+
+def test_uneven_evaluation_shards_warn_with_the_fix():
+    from lmvit.distributed import warn_uneven_shards
+
+    with pytest.warns(UserWarning, match=r"5001 items, not divisible by the 2 .* repeats 1 .*data\.val_size"):
+        warn_uneven_shards("validation", 5001, 2, "Set data.val_size to a multiple of 2.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_uneven_shards("validation", 5000, 4, "")
+        warn_uneven_shards("validation", 5001, 1, "")
+
+
+# -- sweeps -----------------------------------------------------------------------------------------
+def _sweep_runs(log_dir: Path, jobs: int) -> list[Path]:
+    sweeps = list((log_dir / "vit" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps  # all jobs of the sweep share one sweep dir
+    runs = find_runs(sweeps[0])
+    assert len(runs) == jobs, runs
+    for run in runs:
+        assert load_metrics(run)["status"] == "completed", run
+    return runs
+
+
+@pytest.mark.slow
+def test_optuna_search_with_trials_in_parallel_on_joblib(tmp_path, data_dir):
+    """hparams_search=optuna: 2 trials, asked together and run by the joblib launcher in parallel."""
+    run_train(*TINY, "hparams_search=optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+              "hydra.sweeper.n_trials=2", *SWEEP_JOB, log_dir=tmp_path, data_dir=data_dir)
+    runs = _sweep_runs(tmp_path, jobs=2)
+
+    # joblib ran the two jobs in two worker processes (the basic launcher would use one)
+    pids = {writer_pid(e) for run in runs for e in event_files(run)}
+    assert len(pids) == 2, pids
+
+    trials = []
+    for run in runs:
+        params = overrides_of(run)
+        lr, wd = float(params["optimizer.lr"]), float(params["optimizer.weight_decay"])
+        assert 1e-5 <= lr <= 1e-2 and 0.0 <= wd <= 0.1
+        assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"]["lr"] == pytest.approx(lr)
+        trials.append((load_metrics(run)["best"]["val/acc"], lr, wd))
+
+    results = yaml.safe_load((runs[0].parent / "optimization_results.yaml").read_text())
+    best_acc, best_lr, best_wd = max(trials)
+    assert results["best_value"] == pytest.approx(best_acc)  # maximised the value train.py returned
+    if sorted(t[0] for t in trials)[0] != best_acc:  # a unique best trial: its parameters are reported
+        assert results["best_params"]["optimizer.lr"] == pytest.approx(best_lr)
+        assert results["best_params"]["optimizer.weight_decay"] == pytest.approx(best_wd)
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_runs_two_jobs(tmp_path, data_dir):
+    run_train("-m", *TINY, "hydra/launcher=submitit_local", "optimizer.lr=1e-3,3e-4", *SWEEP_JOB,
+              log_dir=tmp_path, data_dir=data_dir)
+    runs = _sweep_runs(tmp_path, jobs=2)
+    assert sorted(float(overrides_of(r)["optimizer.lr"]) for r in runs) == [3e-4, 1e-3]
+    # each job ran as its own submitit job (its pickled result and logs under .submitit/)
+    submitit_dir = runs[0].parent / ".submitit"
+    assert len(list(submitit_dir.rglob("*_result.pkl"))) == 2
+    pids = {writer_pid(e) for run in runs for e in event_files(run)}
+    assert len(pids) == 2, pids
+
+
+# -- SLURM ------------------------------------------------------------------------------------------
+def test_slurm_launcher_config_matches_lightning_ddp_and_requeue(tmp_path, monkeypatch):
+    """hydra/launcher=slurm renders an sbatch script with one task per GPU on each node and the
+    signal Lightning's SLURMEnvironment requeues on (no cluster needed: nothing is submitted)."""
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True, overrides=[
+            "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+            "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
+    env = SLURMEnvironment()  # what Lightning auto-detects on SLURM
+    launcher = instantiate(cfg.hydra.launcher)
+    assert type(launcher).__name__ == "SlurmLauncher"
+
+    # the executor parameters exactly as the launcher passes them to submitit (its launch())
+    params = {k: v for k, v in launcher.params.items() if k != "submitit_folder"}
+    (tmp_path / "bin").mkdir()  # submitit insists on finding srun; a stub is enough to render
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{Path('/usr/bin')}:{Path('/bin')}")
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm",
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+
+    flags = set(re.findall(r"^#SBATCH --(\S+)$", sbatch, flags=re.M))
+    assert {"nodes=2", "ntasks-per-node=4", "gpus-per-node=4", "partition=gpu", "requeue"} <= flags
+    # Lightning (auto-detected SLURMEnvironment) checkpoints and requeues on this signal
+    assert env.auto_requeue and env.requeue_signal == signal.SIGUSR1
+    assert "signal=USR1@120" in flags
+    assert "srun" in sbatch  # SLURM starts the processes: Lightning does not re-run the script
+
+
+def test_optuna_database_storage_works_with_the_pinned_sqlalchemy(tmp_path):
+    """hydra.sweeper.storage=sqlite:///... (resumable, shareable studies) with optuna 2.10 needs
+    SQLAlchemy < 2 (pyproject's scale extra); with 2.x optuna fails when it creates the study."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=2)
+    reloaded = optuna.load_study(study_name="s", storage=storage)
+    assert len(reloaded.trials) == 2 and reloaded.best_value == study.best_value
+
+
+def test_training_order_shards_partition_the_epoch_across_processes():
+    """Under DDP each process draws a disjoint, equal share of the one seeded epoch order (with its
+    augmentation seeds); Lightning keeps the sampler since it is a DistributedSampler."""
+    from torch.utils.data import DistributedSampler
+
+    from datamodules.sampling import EpochShuffleSampler
+
+    whole = list(EpochShuffleSampler(10, seed=3))
+    shards = [list(EpochShuffleSampler(10, seed=3, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]  # 10 // 3: the last position is dropped
+    assert sorted(p for s in shards for p in s) == sorted(whole[:9])
+    assert shards[1] == whole[1:9:3]
+    assert isinstance(EpochShuffleSampler(10, seed=3), DistributedSampler)
