@@ -36,7 +36,9 @@ BENCH_OUT ?= logs/bench/results.jsonl
 bench: install
 	$(PY) bench/attention.py --out $(BENCH_OUT)
 	$(PY) bench/vit_vs_timm.py --out $(BENCH_OUT)
-	$(PY) bench/trainer_overhead.py --out $(BENCH_OUT)
+	$(PY) bench/trainer_overhead.py --case vit --out $(BENCH_OUT)
+	$(PY) bench/trainer_overhead.py --case vit --tiny --repeats 40 --warmup 5 --out $(BENCH_OUT)
+	$(PY) bench/trainer_overhead.py --case lstm --repeats 6 --out $(BENCH_OUT)
 	$(PY) bench/data_throughput.py --out $(BENCH_OUT)
 	$(PY) bench/memory.py --out $(BENCH_OUT)
 
