@@ -5,6 +5,8 @@ import math
 import os
 
 import pytest
+import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -188,3 +190,38 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == {"status": "completed", "x": 1.0}
     assert os.listdir(tmp_path) == ["metrics.json"]
     assert math.isfinite(json.loads(path.read_text())["x"])
+
+
+class _NaNAtStep(pl.LightningModule):
+    """A linear model whose loss turns NaN from global step ``bad_step`` on."""
+
+    def __init__(self, bad_step: int) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.bad_step = bad_step
+
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch[0]).pow(2).mean()
+        return loss * float("nan") if self.global_step + 1 >= self.bad_step else loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_deferred_divergence_check_still_guards_every_checkpoint(tmp_path):
+    """With check_every_n_steps > 1 the guard reads its record at the next checkpoint, names the
+    first bad step, and the checkpoint holding NaN weights is never written."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_modules.callbacks import DivergenceError, FiniteLossGuard
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1,
+                           filename="step{step}", auto_insert_metric_name=False)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False,
+                         callbacks=[FiniteLossGuard(check_every_n_steps=1000), ckpt])
+    data = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=2)
+    with pytest.raises(DivergenceError, match=r"train/loss is nan at step 7 \(epoch 0, batch 6\)"):
+        trainer.fit(_NaNAtStep(bad_step=7), data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step5.ckpt"]
