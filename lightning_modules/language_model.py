@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
 
 from lightning_modules.base import OptimizerFactory, SchedulerFactory, StudyModule
+from lightning_modules.metrics import ExpWeightedMean, WeightedMean
 from lightning_modules.nets.lstm import LSTMLanguageModel
 
 
@@ -23,14 +21,6 @@ def masked_nll(
     nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten().long(), reduction="none")
     weights = mask.flatten().to(nll.dtype)
     return (nll * weights).sum(), weights.sum()
-
-
-class ExpMeanMetric(MeanMetric):
-    """exp of a weighted mean: with the mean NLL per batch weighted by its real-token count, this
-    is the perplexity of the whole epoch, exp(total NLL / total real tokens)."""
-
-    def compute(self) -> torch.Tensor:
-        return super().compute().exp()
 
 
 class LanguageModel(StudyModule):
@@ -55,9 +45,8 @@ class LanguageModel(StudyModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net_kwargs = net_kwargs
         self.net = None if vocab_size is None else LSTMLanguageModel(vocab_size, **net_kwargs)
-        # nan_strategy="disable": no NaN check per update (a device sync every step)
-        self.add_metric("loss", partial(MeanMetric, nan_strategy="disable"))
-        self.add_metric("ppl", partial(ExpMeanMetric, nan_strategy="disable"))
+        self.add_metric("loss", WeightedMean)
+        self.add_metric("ppl", ExpWeightedMean)
 
     # -- building the net from the data ------------------------------------------------------
     def configure_model(self) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.base import OptimizerFactory, SchedulerFactory, StudyModule
+from lightning_modules.metrics import WeightedMean
 from lightning_modules.nets.vit import VisionTransformer
 
 
@@ -30,9 +28,7 @@ class ViTClassifier(StudyModule):
         super().__init__(optimizer, scheduler, compile)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = VisionTransformer(num_classes=num_classes, **net_kwargs)
-        # nan_strategy="disable": no NaN check per update (its `if nans.any()` is a device sync
-        # every step); a NaN loss then shows up in the epoch mean instead of being dropped
-        self.add_metric("loss", partial(MeanMetric, nan_strategy="disable"))
+        self.add_metric("loss", WeightedMean)  # no device sync per update (see metrics.py)
         self.add_metric("acc", lambda: MulticlassAccuracy(num_classes, average="micro"))
 
     def forward(self, images):

@@ -213,3 +213,15 @@ def test_optimizer_sweep_gives_four_runs(data_dir, tmp_path):
     for run in runs:
         metrics = load_metrics(run)
         assert metrics["status"] == "completed" and math.isfinite(metrics["final"]["val/ppl"])
+
+
+def test_weighted_mean_metric_weights_each_update():
+    from lightning_modules.metrics import ExpWeightedMean, WeightedMean
+
+    mean, exp_mean = WeightedMean(), ExpWeightedMean()
+    for value, weight in [(2.0, 3.0), (4.0, 1.0), (1.0, torch.tensor(4.0))]:
+        mean.update(torch.tensor(value), weight)
+        exp_mean.update(torch.tensor(value), weight)
+    expected = (2 * 3 + 4 * 1 + 1 * 4) / 8
+    assert mean.compute().item() == pytest.approx(expected)
+    assert exp_mean.compute().item() == pytest.approx(math.exp(expected))
