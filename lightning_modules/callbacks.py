@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -15,9 +16,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
+from torchmetrics import Metric
 
 log = logging.getLogger(__name__)
 
@@ -309,10 +312,6 @@ class ResumeState(pl.Callback):
     KEY = "lmvit_resume_state"
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        import random
-
-        import numpy as np
-
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "numpy": _numpy_state_to_torch(np.random.get_state()),
@@ -329,10 +328,6 @@ class ResumeState(pl.Callback):
         checkpoint[self.KEY] = state
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        import random
-
-        import numpy as np
-
         state = checkpoint.get(self.KEY)
         if state is None:
             return
@@ -359,8 +354,6 @@ def _numpy_state_to_torch(state: tuple) -> tuple:
 
 
 def _train_metrics(pl_module) -> list[tuple[str, Any]]:
-    from torchmetrics import Metric
-
     return [
         (name, m)
         for name, m in pl_module.named_modules()
