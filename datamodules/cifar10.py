@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 from datamodules.augment import augment_batch
 from datamodules.sampling import make_loader
 from lmvit.distributed import warn_uneven_shards
+from lmvit.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,6 @@ GET_IT = (
     "(it creates {folder}/), or point data.data_dir (or the DATA_DIR environment variable) at "
     "the directory that holds {folder}/."
 )
-
-
-class DatasetError(RuntimeError):
-    """A dataset file is missing, unreadable or corrupt; the message says how to fix it."""
 
 
 def _md5(path: Path) -> str:

@@ -34,6 +34,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.sampling import make_loader
+from lmvit.errors import DatasetError
+from lmvit.io import atomic_path, atomic_write
 from datamodules.tokenizers import (
     COURSE_VOCAB_SIZE,
     TOKENIZERS,
@@ -64,10 +66,6 @@ EXPECTED = {
     "wiki.valid.tokens": (3_760, 217_646),
     "wiki.test.tokens": (4_358, 245_569),
 }
-
-
-class DatasetError(RuntimeError):
-    """A dataset file is missing or corrupt; the message names it and says how to fix it."""
 
 
 def default_cache_dir() -> Path:
@@ -115,17 +113,7 @@ def chunk(ids: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def _atomic_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if isinstance(obj, WordTokenizer):
-            obj.save(tmp)
-        else:
-            torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, obj.save if isinstance(obj, WordTokenizer) else lambda tmp: torch.save(obj, tmp))
 
 
 class WikiText2DataModule(pl.LightningDataModule):
@@ -268,21 +256,15 @@ class WikiText2DataModule(pl.LightningDataModule):
 
     def _install(self, data: bytes, path: Path) -> None:
         """Write a downloaded file atomically after checking its line and token counts."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            counts = count_words(Path(tmp))
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+            counts = count_words(tmp)
             if counts != EXPECTED[path.name]:
                 raise DatasetError(
                     f"downloaded {path.name} has {counts[0]} lines / {counts[1]} tokens, "
                     f"expected {EXPECTED[path.name][0]} / {EXPECTED[path.name][1]}"
                 )
-            os.replace(tmp, path)
-            log.info("Saved %s", path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        log.info("Saved %s", path)
 
     def _ensure_cache_dir(self) -> None:
         try:

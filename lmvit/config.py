@@ -17,8 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 
-class ConfigError(ValueError):
-    """A config value is not allowed; the message names the setting and how to fix it."""
+from lmvit.errors import ConfigError  # noqa: F401  (re-exported: lmvit.config.ConfigError)
 
 
 def _is_int(v: Any) -> bool:

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lmvit.config import ConfigError
+from lmvit.errors import ConfigError
 
 
 def _in_multirun() -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lightning_modules.callbacks import atomic_write_json
+from lmvit.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,60 @@
-"""Test-only callbacks, loaded into train.py subprocesses through Hydra overrides
-(``+callbacks.kill._target_=tests.helpers.KillAtStep``)."""
+"""What tests share: running ``train.py`` as users do, reading run directories, comparing floats
+with tolerances relative to the values compared, and test-only callbacks loaded into ``train.py``
+subprocesses through Hydra overrides (``+callbacks.kill._target_=tests.helpers.KillAtStep``).
 
+Tests import these one way: ``from tests.helpers import ...``.
+"""
+
+from __future__ import annotations
+
+import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, msg: str | None = None) -> None:
+    """``actual`` equals ``expected`` up to ``rtol`` of the compared values' scale.
+
+    Two kernels computing the same function (another batch size, another vector unit, a fused
+    path) differ in the last bits of each element, relative to the magnitudes summed into it, not
+    to the element itself: the absolute tolerance is ``rtol * max|expected|``, so the test holds on
+    any CPU whatever the values' magnitude.
+    """
+    scale = expected.detach().abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-12), msg=msg)
+
+
+def run_train(*overrides: str, log_dir: Path, data_dir: Path | None = None, check: bool = True,
+              timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python train.py <overrides>`` in a subprocess with logs under ``log_dir``."""
+    args = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.log_dir={log_dir}"]
+    if data_dir is not None:
+        args.append(f"data.data_dir={data_dir}")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"train.py {' '.join(overrides)} exited {proc.returncode}\n"
+            f"--- stdout (tail)\n{proc.stdout[-4000:]}\n--- stderr (tail)\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def find_runs(log_dir: Path) -> list[Path]:
+    """Run directories (those holding metrics.json) below ``log_dir``, sorted."""
+    return sorted(p.parent for p in Path(log_dir).rglob("metrics.json"))
+
+
+def load_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 class KillAtStep(pl.Callback):

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from lightning_modules.nets.attention import MultiHeadAttention
+from tests.helpers import assert_close_rel
 
 
 def copy_into_torch_mha(ours: MultiHeadAttention) -> nn.MultiheadAttention:
@@ -32,11 +33,11 @@ def test_matches_torch_multihead_attention_forward_and_input_grad(implementation
     x_ref = x.detach().clone().requires_grad_(True)
     out = ours(x)
     out_ref, _ = ref(x_ref, x_ref, x_ref, need_weights=False)
-    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    assert_close_rel(out, out_ref)
     grad_out = torch.randn_like(out)
     out.backward(grad_out)
     out_ref.backward(grad_out)
-    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    assert_close_rel(x.grad, x_ref.grad)
 
 
 def test_attention_weights_match_torch_average():
@@ -46,7 +47,7 @@ def test_attention_weights_match_torch_average():
     x = torch.randn(2, 9, 32)
     _, weights = ours(x, return_weights=True)
     _, ref_weights = ref(x, x, x, need_weights=True, average_attn_weights=False)
-    torch.testing.assert_close(weights, ref_weights, atol=1e-6, rtol=1e-5)
+    assert_close_rel(weights, ref_weights)
 
 
 def test_explicit_equals_sdpa_including_gradients():
@@ -56,11 +57,11 @@ def test_explicit_equals_sdpa_including_gradients():
     sdpa.load_state_dict(explicit.state_dict())
     x = torch.randn(3, 65, 256)
     out_e, out_s = explicit(x), sdpa(x)
-    torch.testing.assert_close(out_e, out_s, atol=1e-5, rtol=1e-5)
+    assert_close_rel(out_e, out_s)
     out_e.square().sum().backward()
     out_s.square().sum().backward()
     for (name, p_e), p_s in zip(explicit.named_parameters(), sdpa.parameters()):
-        torch.testing.assert_close(p_e.grad, p_s.grad, atol=1e-4, rtol=1e-4, msg=name)
+        assert_close_rel(p_e.grad, p_s.grad, rtol=1e-4, msg=name)
 
 
 def test_attention_weights_are_a_distribution():

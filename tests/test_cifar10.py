@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from datamodules.cifar10 import FOLDER, MEAN, STD, CIFAR10DataModule, DatasetError, load_batch
+from datamodules.cifar10 import FOLDER, MEAN, STD, CIFAR10DataModule, load_batch
+from lmvit.errors import DatasetError
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from datamodules.wikitext2 import WikiText2DataModule
 from lightning_modules.base import count_parameters
 from lightning_modules.language_model import LanguageModel, masked_nll
 from lightning_modules.nets.lstm import LSTMLanguageModel
-from lmvit.config import ConfigError, validate
-from tests.conftest import ROOT, find_runs, load_metrics, run_train
+from lmvit.config import validate
+from lmvit.errors import ConfigError
+from tests.helpers import ROOT, assert_close_rel, find_runs, load_metrics, run_train
 
 OFFLINE = ["data.train_file=wiki.valid.tokens", "data.val_file=wiki.test.tokens", "data.test_file=wiki.test.tokens"]
 WORD_VOCAB_OF_VALID = 13_777  # distinct words of wiki.valid.tokens, <eos> included
@@ -47,6 +48,7 @@ def datamodule(data_dir, tmp_path_factory):
 
 # -- the net ---------------------------------------------------------------------------------
 def test_output_layer_is_tied_to_the_embedding():
+    torch.manual_seed(0)
     net = LSTMLanguageModel(100, embedding_size=8, hidden_size=6)
     assert net.classifier.weight is net.embedding.weight
     assert net.classifier.weight.data_ptr() == net.embedding.weight.data_ptr()
@@ -59,7 +61,8 @@ def test_output_layer_is_tied_to_the_embedding():
     assert logits.shape == (3, 7, 100)
     # every call starts from a zero state: no memory of earlier calls or other rows of the batch
     net(torch.randint(0, 100, (3, 7)))
-    assert torch.allclose(net(tokens[1:2])[0], logits[1], atol=1e-6)
+    # (the LSTM kernels for 1 and 3 rows differ in the last bits: compare relative to the logits' scale)
+    assert_close_rel(net(tokens[1:2])[0], logits[1], rtol=1e-5)
 
 
 @pytest.mark.parametrize("layers", [1, 2, 4])

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 
 from analysis.study import TABLE1_ROWS, TABLE2_ROWS
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CONF = str(ROOT / "conf")
 OPTIMIZERS = {  # preset name -> (class, momentum, weight decay), from the study's settings

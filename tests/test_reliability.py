@@ -5,14 +5,16 @@ import math
 import os
 
 import pytest
+from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, find_runs, load_metrics, run_train
-from lightning_modules.callbacks import atomic_write_json
-from lmvit.config import ConfigError, validate
+from tests.helpers import ROOT, find_runs, load_metrics, run_train
+from lmvit.io import atomic_write_json
+from lmvit.config import validate
+from lmvit.errors import ConfigError
 
 # a small ViT with dropout (exercises the RNG), 10 batches an epoch, deterministic kernels
 SMALL = [
@@ -179,11 +181,13 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
     path = tmp_path / "metrics.json"
     atomic_write_json(path, {"status": "completed", "x": 1.0})
 
-    def broken_dump(obj, f, **kwargs):
-        f.write('{"status": "runn')
+    real_write_text = Path.write_text
+
+    def broken_write(self, text, *args, **kwargs):  # the disk fills half-way through the file
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(json, "dump", broken_dump)
+    monkeypatch.setattr(Path, "write_text", broken_write)
     with pytest.raises(OSError):
         atomic_write_json(path, {"status": "running"})
     monkeypatch.undo()
@@ -214,7 +218,8 @@ def test_deferred_divergence_check_still_guards_every_checkpoint(tmp_path):
     from pytorch_lightning.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_modules.callbacks import DivergenceError, FiniteLossGuard
+    from lightning_modules.callbacks import FiniteLossGuard
+    from lmvit.errors import DivergenceError
 
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1,
                            filename="step{step}", auto_insert_metric_name=False)

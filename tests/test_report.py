@@ -21,7 +21,7 @@ import pytest
 from analysis import epoch_curves, load_runs, load_scalars, table3, write_report
 from analysis.__main__ import main as report_main
 from analysis.study import TABLE1_COLUMNS, TABLE2_COLUMNS, TABLE3_COLUMNS, study_rows
-from tests.conftest import ROOT, find_runs, load_metrics, run_train
+from tests.helpers import ROOT, find_runs, load_metrics, run_train
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from tests.conftest import ROOT, find_runs, load_metrics, run_train
+from tests.helpers import ROOT, find_runs, load_metrics, run_train
 
 TINY = (
     "debug=fast",
@@ -91,7 +91,7 @@ def test_ddp_subprocess_launch_inside_a_multirun_is_refused():
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from lmvit.config import ConfigError
+    from lmvit.errors import ConfigError
     from lmvit.distributed import check_ddp_launch
 
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False,

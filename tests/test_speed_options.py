@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import find_runs, load_metrics, run_train
+from tests.helpers import assert_close_rel, find_runs, load_metrics, run_train
 from datamodules import cifar10
 from datamodules.augment import augment_batch, resized_crop, sample_crop_boxes
 from lightning_modules.callbacks import FiniteLossGuard
@@ -53,7 +53,7 @@ def test_resized_crop_matches_torchvision_per_image(images):
     ref_uint8 = torch.stack([TF.resized_crop(im, t, l, hh, ww, [SIZE, SIZE], antialias=True)
                              for im, t, l, hh, ww in per_image]).float()
     # the same function as torchvision's bilinear (antialiased) resize...
-    torch.testing.assert_close(ours, ref_float, atol=1e-3, rtol=0)
+    assert_close_rel(ours, ref_float)
     # ...and within one uint8 level of the CPU path's uint8 kernel (fixed-point rounding)
     assert (ours.round() - ref_uint8).abs().max() <= 1
     assert abs((ours.round() - ref_uint8).mean()) < 0.05
@@ -120,7 +120,7 @@ def test_device_augment_datamodule_matches_cpu_path(data_dir):
 
     x_cpu, y_cpu = _collect(cpu, cpu.val_dataloader())
     x_dev, y_dev = _collect(dev, dev.val_dataloader())
-    torch.testing.assert_close(x_dev, x_cpu, atol=1e-5, rtol=0)
+    assert_close_rel(x_dev, x_cpu)
     assert torch.equal(y_dev, y_cpu)
 
     x_cpu, y_cpu = _collect(cpu, cpu.train_dataloader())
@@ -243,7 +243,7 @@ def test_speed_options_run_and_compiled_checkpoint_round_trip(tmp_path, data_dir
     x = torch.randn(4, 3, 32, 32)
     plain.eval(), compiled.eval()
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), plain(x), atol=1e-5, rtol=1e-5)
+        assert_close_rel(compiled(x), plain(x))
 
 
 def test_bf16_autocast_loss_close_to_fp32(images):

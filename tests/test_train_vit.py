@@ -5,7 +5,7 @@ import math
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from conftest import ROOT, find_runs, load_metrics, run_train
+from tests.helpers import ROOT, find_runs, load_metrics, run_train
 from lightning_modules.vit_classifier import ViTClassifier
 
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.nets.vit import Block, VisionTransformer, patchify
+from tests.helpers import assert_close_rel
 
 
 @pytest.mark.parametrize("layers,expected", [(2, 1_086_730), (4, 2_140_938), (6, 3_195_146)])
@@ -63,7 +64,7 @@ def test_block_matches_its_formula(norm):
             ln.weight.uniform_(0.5, 1.5)
             ln.bias.uniform_(-0.5, 0.5)
     x = torch.randn(2, 7, 32)
-    torch.testing.assert_close(block(x), _reference_block(block, x), atol=1e-5, rtol=1e-5)
+    assert_close_rel(block(x), _reference_block(block, x))
 
 
 def test_pre_and_post_norm_differ():
@@ -81,7 +82,7 @@ def test_sdpa_and_explicit_models_agree():
     b = VisionTransformer(num_layers=2, attention="sdpa").eval()
     b.load_state_dict(a.state_dict())
     images = torch.randn(4, 3, 32, 32)
-    torch.testing.assert_close(a(images), b(images), atol=1e-5, rtol=1e-5)
+    assert_close_rel(a(images), b(images))
 
 
 def test_rejects_bad_shapes():

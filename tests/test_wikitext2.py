@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from datamodules.tokenizers import EOS, UNK, GPT2Tokenizer, WordTokenizer
-from datamodules.wikitext2 import DatasetError, WikiText2DataModule, chunk
+from datamodules.wikitext2 import WikiText2DataModule, chunk
+from lmvit.errors import DatasetError
 
 OFFLINE = dict(train_file="wiki.valid.tokens", val_file="wiki.test.tokens", test_file="wiki.test.tokens")
 

@@ -1,0 +1,79 @@
+"""What Lightning's checkpoints lack for an exact resume: RNG states and in-epoch metric states."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torchmetrics import Metric
+
+
+class ResumeState(pl.Callback):
+    """Makes a resumed run continue exactly where it stopped.
+
+    Saves in every checkpoint the RNG states (torch, CUDA, numpy, random) and, when the checkpoint
+    is taken mid-epoch, the states of the LightningModule's ``train_*`` torchmetrics (the
+    accumulated loss and accuracy of the epoch so far), which Lightning does not save itself.
+    """
+
+    KEY = "lmvit_resume_state"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state_to_torch(np.random.get_state()),
+            "random": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            "train_metrics": {},
+        }
+        processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if 0 < processed < trainer.num_training_batches:  # mid-epoch
+            for name, metric in _train_metrics(pl_module):
+                state["train_metrics"][name] = {
+                    k: _clone(getattr(metric, k)) for k in metric._defaults
+                }
+        checkpoint[self.KEY] = state
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(self.KEY)
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(state["random"])
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        metrics = dict(_train_metrics(pl_module))
+        for name, values in state["train_metrics"].items():
+            metric = metrics[name]
+            for k, v in values.items():
+                current = getattr(metric, k)
+                setattr(metric, k, v.to(current.device) if isinstance(v, torch.Tensor) else v)
+            metric._update_count = max(metric._update_count, 1)
+            metric._computed = None
+
+
+def _numpy_state_to_torch(state: tuple) -> tuple:
+    """numpy's RNG state with its key array as a tensor (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
+
+
+def _train_metrics(pl_module) -> list[tuple[str, Any]]:
+    return [
+        (name, m)
+        for name, m in pl_module.named_modules()
+        if isinstance(m, Metric) and name.split(".")[-1].startswith("train")
+    ]
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value

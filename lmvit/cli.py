@@ -1,0 +1,57 @@
+"""The error policy of lmvit's entry points (``train.py``, ``eval.py``, ``generate.py``).
+
+An error the user can fix (:class:`~lmvit.errors.UserError`, or Lightning's
+``MisconfigurationException`` about a ``trainer.*`` setting) prints as one line and exits with its
+code (2 for a bad setting, 1 otherwise); ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+Anything else keeps its traceback. In a Hydra multirun a failing job is logged and recorded, and the
+sweep goes on (``lmvit.hydra_callbacks.SweepSummary`` exits 1 at the end, naming it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from types import TracebackType
+
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+from lmvit.errors import UserError
+
+log = logging.getLogger("lmvit")
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, (UserError, MisconfigurationException))
+
+
+def exit_code(exc: BaseException) -> int:
+    return getattr(exc, "exit_code", 2 if isinstance(exc, MisconfigurationException) else 1)
+
+
+class ErrorPolicy:
+    """``with ErrorPolicy(multirun) as policy: ...``; ``policy.on_error`` (e.g. the run summary's
+    ``fail``) is called with any exception but ``SystemExit`` before it is reported."""
+
+    def __init__(self, multirun: bool = False) -> None:
+        self.multirun = multirun
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    def __enter__(self) -> ErrorPolicy:
+        return self
+
+    def __exit__(self, exc_type, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if exc is None or isinstance(exc, SystemExit):
+            return False
+        if self.on_error is not None:
+            self.on_error(exc)
+        known = is_user_error(exc) and os.environ.get("HYDRA_FULL_ERROR") != "1"
+        if isinstance(exc, KeyboardInterrupt) or not (known or self.multirun):
+            return False  # re-raised with its traceback
+        if known:
+            log.error("%s", exc)
+        else:
+            log.exception("Job failed: %s", exc)
+        if self.multirun:  # recorded in its metrics.json; the sweep goes on and exits 1 at the end
+            return True  # the entry returns None: the Optuna sweeper records a FAILED trial
+        raise SystemExit(exit_code(exc)) from None
