@@ -27,7 +27,9 @@ class StudyModule(pl.LightningModule):
     :meth:`step` (loss of a batch, updating ``self.metrics[stage]``); this class logs every metric
     as ``<stage>/<name>`` per epoch and the training loss as ``train/loss_step`` per step.
 
-    ``optimizer`` is a partial (Hydra ``_partial_: true``) taking the parameters;
+    ``optimizer`` is a partial (Hydra ``_partial_: true``) taking the parameters; it is not saved in
+    checkpoints, so ``Module.load_from_checkpoint(path)`` alone gives a model to evaluate (pass
+    ``optimizer=`` to train it further);
     ``scheduler`` an optional partial taking the optimizer and ``total_steps``.
     ``compile=True`` compiles the plain net with ``torch.compile`` (the LightningModule is not
     compiled); a string names the backend instead of the default ``inductor`` (e.g. ``aot_eager``:
@@ -38,7 +40,7 @@ class StudyModule(pl.LightningModule):
 
     def __init__(
         self,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
     ) -> None:
@@ -97,6 +99,11 @@ class StudyModule(pl.LightningModule):
         return count_parameters(self.net)
 
     def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError(
+                f"{type(self).__name__} has no optimizer: it was loaded for evaluation. Pass one to "
+                "train it, e.g. load_from_checkpoint(path, optimizer=functools.partial(torch.optim.AdamW, lr=3e-4))."
+            )
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:

@@ -35,7 +35,7 @@ class LanguageModel(StudyModule):
 
     def __init__(
         self,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
         vocab_size: int | None = None,

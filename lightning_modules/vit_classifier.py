@@ -19,7 +19,7 @@ class ViTClassifier(StudyModule):
 
     def __init__(
         self,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
         num_classes: int = 10,
