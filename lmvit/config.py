@@ -39,6 +39,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.hidden_dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "model.patch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "model.dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "model.attn_dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "model.drop_path": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "model.norm": (lambda v: v in ("pre", "post"), "pre or post"),
     "model.attention": (lambda v: v in ("explicit", "sdpa"), "explicit or sdpa"),
     "model.embedding_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

@@ -22,11 +22,34 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zeroes a residual branch for a whole sample with probability
+    ``p`` and scales the kept ones by 1 / (1 - p) (expected value unchanged); the identity in eval."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Block(nn.Module):
     """Transformer encoder block.
 
     pre-norm:  x = x + attn(LN1(x));  x = x + mlp(LN2(x))
     post-norm: x = LN1(x + attn(x));  x = LN2(x + mlp(x))
+
+    ``dropout`` acts in the MLP, ``attn_dropout`` on the attention weights, ``drop_path`` drops
+    each residual branch per sample (stochastic depth); all are 0 in the study.
     """
 
     def __init__(
@@ -37,13 +60,15 @@ class Block(nn.Module):
         dropout: float = 0.0,
         norm: str = "pre",
         attention: str = "explicit",
+        attn_dropout: float = 0.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm
         self.ln1 = nn.LayerNorm(embed_dim)
-        self.attn = MultiHeadAttention(embed_dim, num_heads, implementation=attention)
+        self.attn = MultiHeadAttention(embed_dim, num_heads, dropout=attn_dropout, implementation=attention)
         self.ln2 = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, hidden_dim),
@@ -52,13 +77,23 @@ class Block(nn.Module):
             nn.Linear(hidden_dim, embed_dim),
             nn.Dropout(dropout),
         )
+        self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, return_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The block's output; with ``return_weights`` also its attention weights (batch, heads,
+        tokens, tokens), computed on the explicit path whatever ``attention`` is."""
+        h = self.ln1(x) if self.norm == "pre" else x
+        attn = self.attn(h, return_weights=return_weights)
+        attn, weights = attn if return_weights else (attn, None)
         if self.norm == "pre":
-            x = x + self.attn(self.ln1(x))
-            return x + self.mlp(self.ln2(x))
-        x = self.ln1(x + self.attn(x))
-        return self.ln2(x + self.mlp(x))
+            x = x + self.drop_path(attn)
+            x = x + self.drop_path(self.mlp(self.ln2(x)))
+        else:
+            x = self.ln1(x + self.drop_path(attn))
+            x = self.ln2(x + self.drop_path(self.mlp(x)))
+        return (x, weights) if return_weights else x
 
 
 class VisionTransformer(nn.Module):
@@ -75,6 +110,8 @@ class VisionTransformer(nn.Module):
         dropout: float = 0.0,
         norm: str = "pre",
         attention: str = "explicit",
+        attn_dropout: float = 0.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if image_size % patch_size != 0:
@@ -87,19 +124,34 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.dropout = nn.Dropout(dropout)
+        # stochastic depth grows linearly with depth: 0 for the first block, drop_path for the last
+        rates = [drop_path * i / max(num_layers - 1, 1) for i in range(num_layers)]
         self.blocks = nn.Sequential(
             *(
-                Block(embed_dim, hidden_dim, num_heads, dropout, norm, attention)
-                for _ in range(num_layers)
+                Block(embed_dim, hidden_dim, num_heads, dropout, norm, attention, attn_dropout, rate)
+                for rate in rates
             )
         )
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_classes))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> the token sequence entering the first block ([cls] first)."""
         x = self.patch_embed(patchify(images, self.patch_size))
         cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = self.dropout(torch.cat([cls, x], dim=1) + self.pos_embed)
-        x = self.blocks(x)
-        return self.head(x[:, 0])
+        return self.dropout(torch.cat([cls, x], dim=1) + self.pos_embed)
+
+    def forward(
+        self, images: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits; with ``return_attention`` also each block's attention weights, a list of
+        (batch, heads, tokens, tokens) tensors (explicit path, whatever ``attention`` is)."""
+        x = self.embed(images)
+        if not return_attention:
+            return self.head(self.blocks(x)[:, 0])
+        weights = []
+        for block in self.blocks:
+            x, w = block(x, return_weights=True)
+            weights.append(w)
+        return self.head(x[:, 0]), weights
