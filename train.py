@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from lightning_modules.callbacks import RunSummary
 from lmvit.cli import ErrorPolicy
-from lmvit.config import flatten, print_config, validate
+from lmvit.config import flatten, print_config, reference_config, validate
 from lmvit.distributed import check_ddp_launch
 from lmvit.resume import resume_config, run_identity
 import lmvit.resolvers  # noqa: F401  (registers the ${lmvit.*} resolvers of conf/hydra)
@@ -71,7 +71,9 @@ def main(cfg: DictConfig) -> float | None:
             cfg = resume_config(cfg, list(hydra_cfg.overrides.task))
         summary = run_summary(cfg)
         policy.on_error = summary.fail  # a job that fails, even on a bad setting, says so in metrics.json
-        validate(cfg)
+        reference = None if cfg.resume else reference_config(list(hydra_cfg.overrides.task),
+                                                                 dict(hydra_cfg.runtime.choices))
+        validate(cfg, reference)
         return train(cfg, summary)
     return None  # a multirun job that failed (recorded; the sweep goes on)
 

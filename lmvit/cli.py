@@ -21,8 +21,15 @@ from lmvit.errors import UserError
 log = logging.getLogger("lmvit")
 
 
-def is_user_error(exc: BaseException) -> bool:
-    return isinstance(exc, (UserError, MisconfigurationException))
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user-fixable error behind ``exc`` (itself, or what it wraps: Hydra's ``instantiate``
+    re-raises a constructor's error as its ``__cause__``), else None."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, (UserError, MisconfigurationException)):
+            return exc
+        exc, seen = exc.__cause__, seen + 1
+    return None
 
 
 def exit_code(exc: BaseException) -> int:
@@ -45,13 +52,13 @@ class ErrorPolicy:
             return False
         if self.on_error is not None:
             self.on_error(exc)
-        known = is_user_error(exc) and os.environ.get("HYDRA_FULL_ERROR") != "1"
+        known = user_error(exc) if os.environ.get("HYDRA_FULL_ERROR") != "1" else None
         if isinstance(exc, KeyboardInterrupt) or not (known or self.multirun):
             return False  # re-raised with its traceback
         if known:
-            log.error("%s", exc)
+            log.error("%s", known)
         else:
             log.exception("Job failed: %s", exc)
         if self.multirun:  # recorded in its metrics.json; the sweep goes on and exits 1 at the end
             return True  # the entry returns None: the Optuna sweeper records a FAILED trial
-        raise SystemExit(exit_code(exc)) from None
+        raise SystemExit(exit_code(known)) from None

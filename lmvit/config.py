@@ -13,11 +13,13 @@ from typing import Any
 import rich
 import rich.syntax
 import rich.tree
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-
-from lmvit.errors import ConfigError  # noqa: F401  (re-exported: lmvit.config.ConfigError)
+from datamodules.tokenizers import TOKENIZERS
+from lightning_modules.nets.attention import IMPLEMENTATIONS
+from lightning_modules.nets.vit import NORMS
+from lmvit.errors import ConfigError
 
 
 def _is_int(v: Any) -> bool:
@@ -26,6 +28,15 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def _fraction_or_count(v: Any) -> bool:
+    """Lightning's limit_*_batches: a fraction in [0, 1] or a whole number of batches."""
+    return _is_int(v) and v >= 0 or isinstance(v, float) and 0.0 <= v <= 1.0
 
 
 # setting -> (test, what is allowed); a setting absent from the config is not checked
@@ -41,17 +52,30 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "model.attn_dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "model.drop_path": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "model.norm": (lambda v: v in ("pre", "post"), "pre or post"),
-    "model.attention": (lambda v: v in ("explicit", "sdpa"), "explicit or sdpa"),
+    "model.norm": _one_of(NORMS),
+    "model.attention": _one_of(IMPLEMENTATIONS),
     "model.embedding_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "model.hidden_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "data.val_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.seq_len": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "data.tokenizer": (lambda v: v in ("word", "gpt2", "npz"), "word, gpt2 or npz"),
+    "data.tokenizer": _one_of(TOKENIZERS),
+    "data.train_subset": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (or null for all images)"),
+    "scheduler.warmup_fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "scheduler.min_lr_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "trainer.max_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "trainer.gradient_clip_val": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (or null)"),
+    "trainer.limit_train_batches": (_fraction_or_count, "a fraction in [0, 1] or a number of batches"),
+    "trainer.limit_val_batches": (_fraction_or_count, "a fraction in [0, 1] or a number of batches"),
+    "trainer.limit_test_batches": (_fraction_or_count, "a fraction in [0, 1] or a number of batches"),
+    "callbacks.periodic_checkpoint.every_n_train_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.finite_loss.check_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
+
+# settings naming a file or folder that must exist (null: not used)
+FILES = ("model.embeddings_path",)
+FOLDERS = ("data.tokenizer_dir",)
 
 CIFAR10_TRAIN_IMAGES = 50_000
 
@@ -63,8 +87,14 @@ def _fail(key: str, value: Any, allowed: str) -> None:
     )
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first bad value; cheap, touches no data."""
+def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
+    """Raise :class:`ConfigError` for the first bad value; cheap, touches no data.
+
+    ``reference``, the default config of the same groups (no value overrides), adds a type check of
+    every setting: a word where the default is a number (or a flag), a fraction where it is an
+    integer, is refused whatever the setting."""
+    if reference is not None:
+        check_types(cfg, reference)
     for key, (ok, allowed) in RULES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):
@@ -75,6 +105,14 @@ def validate(cfg: DictConfig) -> None:
         _fail("model.embed_dim", model.embed_dim, f"divisible by model.num_heads={model.num_heads}")
     if "image_size" in model and "patch_size" in model and model.image_size % model.patch_size:
         _fail("model.patch_size", model.patch_size, f"a divisor of model.image_size={model.image_size}")
+
+    for key, is_ok, kind in [(k, Path.is_file, "file") for k in FILES] + [(k, Path.is_dir, "folder") for k in FOLDERS]:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not is_ok(Path(str(value)).expanduser()):
+            raise ConfigError(
+                f"Invalid setting {key}={str(value)!r}: no such {kind} ({Path(str(value)).expanduser().resolve()}). "
+                f"Point {key} at an existing {kind}, or set {key}=null."
+            )
 
     data = cfg.get("data") or {}
     target = str(data.get("_target_", ""))
@@ -88,6 +126,47 @@ def validate(cfg: DictConfig) -> None:
                 "does not exist. Create it (missing datasets are downloaded into it) or point "
                 "data.data_dir / the DATA_DIR environment variable at your data folder."
             )
+
+
+def _type_name(value: Any) -> str | None:
+    """The kind of value a setting holds, as far as a command line can get it wrong."""
+    if isinstance(value, bool):
+        return "bool"
+    if _is_int(value):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return None  # strings, null, lists, mappings: anything goes
+
+
+# settings whose default is a number or flag but which also take words (Lightning's devices="auto",
+# deterministic="warn"; model.compile=<backend>): left to their own checks
+TYPE_CHECK_EXEMPT = ("trainer.devices", "trainer.deterministic", "trainer.precision", "model.compile")
+ALLOWED_FOR = {"bool": ("bool",), "int": ("int",), "float": ("float", "int")}
+TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number"}
+
+
+def check_types(cfg: DictConfig, reference: DictConfig) -> None:
+    """Every setting whose default is a number or a flag still holds one (``trainer.max_epochs=ten``
+    and ``model.num_layers=2.5`` fail here, with one line, before anything is built)."""
+
+    def walk(node: Any, ref: Any, prefix: str) -> None:
+        if isinstance(ref, DictConfig) and isinstance(node, DictConfig):
+            for key in ref.keys():
+                skip = (key not in node or OmegaConf.is_missing(ref, key) or OmegaConf.is_missing(node, key)
+                        or OmegaConf.is_interpolation(ref, key))  # interpolations follow their source
+                if not skip:
+                    walk(node[key], ref[key], f"{prefix}{key}.")
+            return
+        if isinstance(ref, (DictConfig, ListConfig)):
+            return
+        expected = _type_name(ref)
+        if expected is None or node is None or prefix[:-1] in TYPE_CHECK_EXEMPT:
+            return
+        if _type_name(node) not in ALLOWED_FOR[expected]:
+            _fail(prefix[:-1], node, TYPE_WORDS[expected])
+
+    walk(cfg, reference, "")
 
 
 @rank_zero_only
@@ -118,3 +197,16 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
+
+
+def reference_config(task_overrides: list[str], choices: dict[str, Any]) -> DictConfig | None:
+    """The default config of this run's config groups (its ``key=value`` overrides left out), for
+    :func:`check_types`. Call inside a Hydra app (it composes with the app's search path)."""
+    from hydra import compose
+
+    groups = {key.split("@")[0] for key in choices}
+    keep = [o for o in task_overrides if o.lstrip("+~").split("=")[0].split("@")[0] in groups]
+    try:
+        return compose(config_name="train", overrides=keep)
+    except Exception:  # composing never blocks a run: the type check is then skipped
+        return None

@@ -116,7 +116,7 @@ def test_language_model_settings_are_checked_too():
     with pytest.raises(ConfigError, match="data.seq_len=0: must be an integer >= 1"):
         validate(cfg)
     cfg = OmegaConf.create({"data": {"tokenizer": "bpe"}})
-    with pytest.raises(ConfigError, match="data.tokenizer='bpe': must be word, gpt2 or npz"):
+    with pytest.raises(ConfigError, match="data.tokenizer='bpe': must be one of word, gpt2, npz"):
         validate(cfg)
 
 
