@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= ./data
 export DATA_DIR
 
-.PHONY: train test install clean-logs tensorboard
+.PHONY: train test test-fast lint format install clean-logs tensorboard
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ train: install
 ## make test [ARGS="-k attention"]: run the test suite on the real data in $(DATA_DIR)
 test: install
 	$(PY) -m pytest $(ARGS)
+
+## make test-fast: the unit tests only (no train.py subprocess: those are marked slow), about 2 minutes
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+## make lint: ruff lint + format check (what CI runs before the tests); make format fixes what it can
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir logs

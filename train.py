@@ -21,16 +21,16 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+import lmvit.resolvers  # noqa: F401  (registers the ${lmvit.*} resolvers of conf/hydra)
 from lightning_modules.callbacks import RunSummary
-from lmvit.cli import ErrorPolicy
-from lmvit.config import flatten, print_config, reference_config, validate
+from lmvit.cli import ErrorPolicy, allow_null_groups
+from lmvit.config import print_config, reference_config, run_hparams, validate
 from lmvit.distributed import check_ddp_launch
 from lmvit.resume import resume_config, run_identity
-import lmvit.resolvers  # noqa: F401  (registers the ${lmvit.*} resolvers of conf/hydra)
 
 log = logging.getLogger("train")
 
-def train(cfg: DictConfig, summary: RunSummary) -> float | None:
+def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> float | None:
     """Fit (and test) one configuration; returns the best value of the monitored metric."""
     output_dir = Path(cfg.paths.output_dir)
     print_config(cfg, save_to=None if cfg.resume else output_dir / "config.yaml")
@@ -39,17 +39,19 @@ def train(cfg: DictConfig, summary: RunSummary) -> float | None:
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [summary]
-    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]  # ~logger: none
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     check_ddp_launch(trainer)
+    for logger in loggers:  # HParams tab: the run shows with its hyperparameters from the start
+        logger.log_hyperparams(run_hparams(cfg, choices))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if summary.summary["status"] != "completed":  # fit stopped early (e.g. Ctrl-C)
         return None
     if cfg.test:
         has_best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
         trainer.test(model, datamodule=datamodule, ckpt_path="best" if has_best else None)
-    for logger in loggers:  # HParams tab: the whole config beside the final metrics
-        logger.log_hyperparams(flatten(cfg), metrics=hparam_metrics(summary.summary))
+    for logger in loggers:  # HParams tab: the final metrics beside the hyperparameters
+        logger.log_metrics(hparam_metrics(summary.summary))
         logger.finalize("success")
     log.info("Run directory: %s", output_dir)
     return summary.summary["best"].get(cfg.monitor.metric)
@@ -74,12 +76,12 @@ def main(cfg: DictConfig) -> float | None:
         reference = None if cfg.resume else reference_config(list(hydra_cfg.overrides.task),
                                                                  dict(hydra_cfg.runtime.choices))
         validate(cfg, reference)
-        return train(cfg, summary)
+        return train(cfg, summary, run_identity(cfg)[1])
     return None  # a multirun job that failed (recorded; the sweep goes on)
 
 
 def run_summary(cfg: DictConfig) -> RunSummary:
-    overrides, experiment = run_identity(cfg)
+    overrides, choices = run_identity(cfg)
     return RunSummary(
         path=str(Path(cfg.paths.output_dir) / "metrics.json"),
         task=str(cfg.get("task")),
@@ -88,9 +90,10 @@ def run_summary(cfg: DictConfig) -> RunSummary:
         seed=cfg.get("seed"),
         overrides=overrides,
         # which preset and which row of the study it reproduces (the report matches on it)
-        experiment={"name": experiment, "label": cfg.get("label"), "study_config": cfg.get("study_config")},
+        experiment={"name": choices.get("experiment"), "label": cfg.get("label"), "study_config": cfg.get("study_config")},
     )
 
 
 if __name__ == "__main__":
+    allow_null_groups()  # logger=null -> ~logger
     main()

@@ -41,7 +41,9 @@ def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         for marker in ("metrics.json", "config.yaml"):
             for file in root.rglob(marker):
                 run = file.parent.parent if file.parent.name == ".hydra" else file.parent
-                if "report" not in run.relative_to(root).parts and _is_run_dir(run):
+                # debug presets write below <log_dir>/debug: reported only when asked for by name
+                parts = run.relative_to(root).parts
+                if "report" not in parts and "debug" not in parts and _is_run_dir(run):
                     found.add(run.resolve())
     return sorted(found)
 

@@ -15,9 +15,9 @@ import hashlib
 import logging
 import os
 import pickle
-from functools import partial
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np

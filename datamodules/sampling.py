@@ -81,29 +81,40 @@ class EpochShuffleSampler(DistributedSampler):
 
 class ResumableLoader(DataLoader):
     """Training DataLoader over an :class:`EpochShuffleSampler` whose in-epoch position is
-    checkpointed by Lightning (batches yielded so far in the current epoch)."""
+    checkpointed by Lightning (batches yielded so far in the current epoch).
 
-    sampler: EpochShuffleSampler
+    Lightning may rebuild it with another sampler (``trainer.overfit_batches`` swaps in a
+    ``SequentialSampler``); it then behaves as a plain DataLoader, with nothing to resume."""
 
-    def __init__(self, dataset, sampler: EpochShuffleSampler, **kwargs) -> None:
-        # a private generator: creating iterators never consumes the global torch RNG
-        generator = torch.Generator().manual_seed(sampler.seed)
+    def __init__(self, dataset, sampler=None, generator: torch.Generator | None = None, **kwargs) -> None:
+        if generator is None:  # a private generator: creating iterators never consumes the global torch RNG
+            generator = torch.Generator().manual_seed(getattr(sampler, "seed", 0))
         super().__init__(dataset, sampler=sampler, generator=generator, **kwargs)
         self._yielded = 0
 
+    @property
+    def _resumable(self) -> EpochShuffleSampler | None:
+        return self.sampler if isinstance(self.sampler, EpochShuffleSampler) else None
+
     def __iter__(self):
-        resume = self.sampler._resume
-        epoch = self.sampler.epoch_fn() if self.sampler.epoch_fn else self.sampler.epoch
+        sampler = self._resumable
+        if sampler is None:
+            yield from super().__iter__()
+            return
+        resume = sampler._resume
+        epoch = sampler.epoch_fn() if sampler.epoch_fn else sampler.epoch
         self._yielded = resume[1] // self.batch_size if resume and resume[0] == epoch else 0
         for batch in super().__iter__():
             self._yielded += 1
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.iter_epoch, "batches": self._yielded}
+        sampler = self._resumable
+        return {} if sampler is None else {"epoch": sampler.iter_epoch, "batches": self._yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume_from(state["epoch"], state["batches"] * self.batch_size)
+        if self._resumable is not None and state:
+            self._resumable.resume_from(state["epoch"], state["batches"] * self.batch_size)
 
 
 def make_loader(
@@ -139,4 +150,4 @@ def make_loader(
         len(dataset), seed, epoch_fn=current_epoch, with_seeds=with_seeds,
         num_replicas=getattr(trainer, "world_size", 1), rank=getattr(trainer, "global_rank", 0),
     )
-    return ResumableLoader(dataset, sampler, drop_last=True, **kwargs)
+    return ResumableLoader(dataset, sampler=sampler, drop_last=True, **kwargs)

@@ -34,8 +34,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.sampling import make_loader
-from lmvit.errors import DatasetError
-from lmvit.io import atomic_path, atomic_write
 from datamodules.tokenizers import (
     COURSE_VOCAB_SIZE,
     TOKENIZERS,
@@ -43,6 +41,8 @@ from datamodules.tokenizers import (
     NpzTokens,
     WordTokenizer,
 )
+from lmvit.errors import DatasetError
+from lmvit.io import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
 from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -62,3 +64,19 @@ class ErrorPolicy:
         if self.multirun:  # recorded in its metrics.json; the sweep goes on and exits 1 at the end
             return True  # the entry returns None: the Optuna sweeper records a FAILED trial
         raise SystemExit(exit_code(known)) from None
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def allow_null_groups(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) -> list[str]:
+    """``group=null`` on the command line means "no <group>" (as ``~group``): Hydra itself accepts
+    only ``~group`` for a group of the defaults list, but ``logger=null`` is what users type.
+    Rewrites ``sys.argv`` (or ``argv``) in place and returns it."""
+    argv = sys.argv if argv is None else argv
+    groups = {d.name for d in conf_dir.iterdir() if d.is_dir()}
+    for i, arg in enumerate(argv[1:], start=1):
+        key, sep, value = arg.partition("=")
+        if sep and value == "null" and key.lstrip("+") in groups:  # (scheduler=none is a real option)
+            argv[i] = f"~{key.lstrip('+')}"
+    return argv

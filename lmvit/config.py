@@ -6,6 +6,7 @@ readable line naming the setting, the value and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,14 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
                 f"Point {key} at an existing {kind}, or set {key}=null."
             )
 
+    for name, logger in (cfg.get("logger") or {}).items():
+        package = {"WandbLogger": "wandb"}.get(str((logger or {}).get("_target_", "")).rsplit(".", 1)[-1])
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"Invalid setting logger={name}: the {package} package is not installed. Install the "
+                f"optional extra (pip install -e '.[{package}]') or choose another logger (logger=tensorboard)."
+            )
+
     data = cfg.get("data") or {}
     target = str(data.get("_target_", ""))
     if target.endswith("CIFAR10DataModule") and data.get("val_size", 0) >= CIFAR10_TRAIN_IMAGES:
@@ -210,3 +219,43 @@ def reference_config(task_overrides: list[str], choices: dict[str, Any]) -> Dict
         return compose(config_name="train", overrides=keep)
     except Exception:  # composing never blocks a run: the type check is then skipped
         return None
+
+
+# HParams columns a researcher compares, first (short names), then the rest of what shapes a run
+HPARAM_COLUMNS = {
+    "optimizer": None,  # the optimizer config's name (adam, adamw, sgd, momentum, ...)
+    "lr": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay",
+    "layers": "model.num_layers",
+    "norm": "model.norm",
+    "seed": "seed",
+    "label": "label",
+}
+HPARAM_GROUPS = ("task", "experiment", "study_config", "model", "optimizer", "scheduler", "data", "trainer")
+# settings that do not change what is learnt (where files go, how fast data loads, how often to log)
+NOT_HPARAMS = ("_target_", "data_dir", "cache_dir", "tokenizer_dir", "folder", "num_workers", "pin_memory",
+               "download", "download_timeout", "default_root_dir", "log_every_n_steps", "enable_",
+               "num_sanity_val_steps", "limit_", "check_val_every_n_epoch", "val_check_interval")
+
+
+def run_hparams(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's hyperparameters for TensorBoard's HParams tab: the compared columns first
+    (:data:`HPARAM_COLUMNS`), then model, optimizer, schedule, data and trainer settings; no paths,
+    callbacks, loggers or Hydra settings (they are in ``config.yaml``)."""
+    choices = choices or {}
+    flat = flatten(cfg)
+    out: dict[str, Any] = {}
+    for column, key in HPARAM_COLUMNS.items():
+        if key is None:
+            value = choices.get("optimizer") or str(flat.get("optimizer._target_", "null")).rsplit(".", 1)[-1]
+        else:
+            value = flat.get(key, "null")
+        out[column] = value
+    out["experiment"] = choices.get("experiment") or "null"
+    shown = {k for k in HPARAM_COLUMNS.values() if k}
+    for key, value in flat.items():
+        leaf = key.rsplit(".", 1)[-1]
+        if (key.split(".")[0] in HPARAM_GROUPS and key not in shown
+                and not any(leaf.startswith(x) or leaf == x for x in NOT_HPARAMS)):
+            out[key] = value
+    return out

@@ -6,7 +6,6 @@ import hashlib
 
 from omegaconf import OmegaConf
 
-
 # Hydra's run directory; a resumed run keeps Hydra's files apart from the run's own.
 OmegaConf.register_new_resolver(
     "lmvit.run_dir",

@@ -44,14 +44,16 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return saved
 
 
-def run_identity(cfg: DictConfig) -> tuple[list[str], str | None]:
-    """The run's command-line overrides and experiment preset: this session's, or for a resumed
-    run those its first session recorded in ``.hydra/hydra.yaml``."""
+def run_identity(cfg: DictConfig) -> tuple[list[str], dict[str, str]]:
+    """The run's command-line overrides and config-group choices (``{"optimizer": "adamw",
+    "experiment": ..., ...}``): this session's, or for a resumed run those its first session
+    recorded in ``.hydra/hydra.yaml``."""
     hydra_cfg = HydraConfig.get()
     if cfg.resume:
         saved = Path(cfg.resume) / ".hydra" / "hydra.yaml"
         if saved.is_file():
             hydra_cfg = OmegaConf.load(saved).hydra
         else:
-            return [], None
-    return list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices.get("experiment")
+            return [], {}
+    choices = {str(k): v for k, v in hydra_cfg.runtime.choices.items()}
+    return list(hydra_cfg.overrides.task), choices

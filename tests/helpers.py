@@ -57,6 +57,29 @@ def load_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def hparams_view(logdir: Path):
+    """What TensorBoard's HParams tab shows for ``logdir``, through its own backend."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    tb = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
+                               data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    backend = backend_context.Context(tb)
+    experiment = get_experiment.Handler(context.RequestContext(), backend, "",
+                                        api_pb2.GetExperimentRequest()).run()
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=1000,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE,
+                          api_pb2.STATUS_RUNNING])
+    groups = list_session_groups.Handler(context.RequestContext(), backend, "", request).run()
+    return experiment, groups
+
+
 class KillAtStep(pl.Callback):
     """SIGKILLs its own process after training step ``step`` (before that step's checkpoint:
     Lightning runs checkpoint callbacks last), like a node dying mid-epoch."""

@@ -3,18 +3,18 @@
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import ROOT, find_runs, load_metrics, run_train
-from lmvit.io import atomic_write_json
 from lmvit.config import validate
 from lmvit.errors import ConfigError
+from lmvit.io import atomic_write_json
+from tests.helpers import ROOT, find_runs, load_metrics, run_train
 
 # a small ViT with dropout (exercises the RNG), 10 batches an epoch, deterministic kernels
 SMALL = [
@@ -34,6 +34,7 @@ def comparable(metrics: dict) -> dict:
             "history": history, "epochs": metrics["epochs"]}
 
 
+@pytest.mark.slow
 def test_run_killed_mid_epoch_and_resumed_matches_uninterrupted_run(tmp_path, data_dir):
     every = "callbacks.periodic_checkpoint.every_n_train_steps=4"
     run_train(*SMALL, every, "data.num_workers=0", log_dir=tmp_path / "a", data_dir=data_dir)
@@ -67,6 +68,7 @@ def test_run_killed_mid_epoch_and_resumed_matches_uninterrupted_run(tmp_path, da
     assert max(e.step for e in events.Scalars("train/loss_step")) == 29
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_numbers_whatever_the_workers(tmp_path, data_dir):
     run_train("-m", "data.num_workers=0,2", *SMALL, "trainer.max_epochs=2", "test=false",
               log_dir=tmp_path, data_dir=data_dir)
@@ -120,6 +122,7 @@ def test_language_model_settings_are_checked_too():
         validate(cfg)
 
 
+@pytest.mark.slow
 def test_bad_value_fails_fast_from_the_command_line(tmp_path, data_dir):
     proc = run_train("model.num_heads=7", log_dir=tmp_path, data_dir=data_dir, check=False)
     assert proc.returncode == 2
@@ -132,6 +135,7 @@ def test_bad_value_fails_fast_from_the_command_line(tmp_path, data_dir):
     assert metrics["status"] == "failed" and "num_heads=7" in metrics["error"]["message"]
 
 
+@pytest.mark.slow
 def test_unknown_optimizer_lists_the_choices(tmp_path, data_dir):
     proc = run_train("optimizer=adamax", log_dir=tmp_path, data_dir=data_dir, check=False)
     assert proc.returncode != 0
@@ -141,6 +145,7 @@ def test_unknown_optimizer_lists_the_choices(tmp_path, data_dir):
         assert name in err
 
 
+@pytest.mark.slow
 def test_divergence_stops_at_once_and_keeps_last_good_checkpoint(tmp_path, data_dir):
     proc = run_train("debug=fast", "optimizer=sgd", "optimizer.lr=1e9", "trainer.max_epochs=3",
                      "callbacks.periodic_checkpoint.every_n_train_steps=1",
@@ -159,11 +164,12 @@ def test_divergence_stops_at_once_and_keeps_last_good_checkpoint(tmp_path, data_
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_sweep_survives_a_failed_job_and_exits_nonzero_naming_it(tmp_path, data_dir):
     proc = run_train("-m", "debug=fast", "trainer.max_epochs=1", "test=false",
                      "model.num_layers=1,0", log_dir=tmp_path, data_dir=data_dir, check=False)
     assert proc.returncode == 1
-    (sweep,) = (tmp_path / "vit" / "multiruns").iterdir()
+    (sweep,) = (tmp_path / "debug" / "vit" / "multiruns").iterdir()
     summary = json.loads((sweep / "sweep_summary.json").read_text())
     assert summary["completed"] == 1 and summary["failed"] == ["model.num_layers=0,test=False,trainer.max_epochs=1"]
     assert "1 of 2 jobs failed" in proc.stderr + proc.stdout
@@ -171,6 +177,7 @@ def test_sweep_survives_a_failed_job_and_exits_nonzero_naming_it(tmp_path, data_
     assert statuses == {"model.num_layers=1": "completed", "model.num_layers=0": "failed"}
 
 
+@pytest.mark.slow
 def test_resume_of_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
     proc = run_train(f"resume={tmp_path}", log_dir=tmp_path, check=False)
     assert proc.returncode == 2

@@ -21,7 +21,7 @@ import pytest
 from analysis import epoch_curves, load_runs, load_scalars, table3, write_report
 from analysis.__main__ import main as report_main
 from analysis.study import TABLE1_COLUMNS, TABLE2_COLUMNS, TABLE3_COLUMNS, study_rows
-from tests.helpers import ROOT, find_runs, load_metrics, run_train
+from tests.helpers import ROOT, find_runs, hparams_view, load_metrics, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,9 @@ def tiny_sweep(tmp_path_factory, data_dir) -> Path:
             job.result()
     runs = find_runs(log_dir)
     assert len(runs) == sum(len(o[0].split(",")) for o in SWEEPS.values()), runs
-    return log_dir
+    assert all("debug" in run.relative_to(log_dir).parts for run in runs)  # debug runs: logs/debug/...
+    assert load_runs(log_dir).empty  # the report of the whole log folder leaves debug runs out
+    return log_dir / "debug"
 
 
 @pytest.fixture(scope="session")
@@ -181,36 +183,18 @@ def test_cli_names_a_missing_directory(tmp_path, capsys):
 
 
 # -- TensorBoard ---------------------------------------------------------------------------
-def _hparams_view(logdir: Path):
-    """What TensorBoard's HParams tab shows for ``logdir``, through its own backend."""
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
-
-    mux = plugin_event_multiplexer.EventMultiplexer()
-    mux.AddRunsFromDirectory(str(logdir))
-    mux.Reload()
-    tb = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
-                               data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
-    backend = backend_context.Context(tb)
-    experiment = get_experiment.Handler(context.RequestContext(), backend, "",
-                                        api_pb2.GetExperimentRequest()).run()
-    request = api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=1000,
-        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE,
-                          api_pb2.STATUS_RUNNING])
-    groups = list_session_groups.Handler(context.RequestContext(), backend, "", request).run()
-    return experiment, groups
-
-
 def test_hparams_tab_lists_every_run_with_its_final_metrics(tiny_sweep):
-    experiment, groups = _hparams_view(tiny_sweep)
+    experiment, groups = hparams_view(tiny_sweep)
     runs = find_runs(tiny_sweep)
     assert len(groups.session_groups) == len(runs)
     hparam_names = {h.name for h in experiment.hparam_infos}
     metric_tags = {m.name.tag for m in experiment.metric_infos}
-    assert {"model.num_layers", "optimizer._target_", "label", "study_config"} <= hparam_names
+    assert {"optimizer", "lr", "weight_decay", "layers", "norm", "seed", "label", "study_config"} <= hparam_names
+    assert not [h for h in hparam_names if h.endswith(("dir", "dirpath", "path")) or h.startswith(("callbacks.", "logger.", "paths."))]
+    # the sweep varies the optimizer (and the task): those columns lead the table, no run directory does
+    columns = [h.name for h in experiment.hparam_infos]
+    differing = [h.name for h in experiment.hparam_infos if h.differs]
+    assert {"optimizer", "label"} <= set(differing) and columns[: len(differing)] == differing
     for run in runs:  # every run's own metrics are columns, whichever run TensorBoard read first
         task_metric = "acc" if load_metrics(run)["task"] == "vit" else "ppl"
         assert f"hparam/val/{task_metric}" in metric_tags

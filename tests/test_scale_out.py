@@ -52,7 +52,7 @@ def test_ddp_on_two_processes_logs_once_and_matches_a_single_process_evaluation(
     runs = find_runs(tmp_path)
     assert len(runs) == 1, runs  # one metrics.json for the whole run
     run = runs[0]
-    assert [p.name for p in (tmp_path / "vit" / "runs").iterdir()] == [run.name]  # one run dir
+    assert [p.name for p in (tmp_path / "debug" / "vit" / "runs").iterdir()] == [run.name]  # one run dir
     # rank 1 (started by Lightning re-running train.py) worked in rank 0's run dir
     assert (run / "train_ddp_process_1.log").is_file()
     summary = load_metrics(run)
@@ -86,13 +86,14 @@ def test_ddp_on_two_processes_logs_once_and_matches_a_single_process_evaluation(
     assert summary["final"]["val/loss"] == pytest.approx(loss, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_ddp_subprocess_launch_inside_a_multirun_is_refused():
     """Lightning would re-run the sweep's command line for rank 1: a clear error instead."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from lmvit.errors import ConfigError
     from lmvit.distributed import check_ddp_launch
+    from lmvit.errors import ConfigError
 
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -125,7 +126,7 @@ def test_uneven_evaluation_shards_warn_with_the_fix():
 
 # -- sweeps -----------------------------------------------------------------------------------------
 def _sweep_runs(log_dir: Path, jobs: int) -> list[Path]:
-    sweeps = list((log_dir / "vit" / "multiruns").iterdir())
+    sweeps = list((log_dir / "debug" / "vit" / "multiruns").iterdir())
     assert len(sweeps) == 1, sweeps  # all jobs of the sweep share one sweep dir
     runs = find_runs(sweeps[0])
     assert len(runs) == jobs, runs

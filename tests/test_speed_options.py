@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from tests.helpers import assert_close_rel, find_runs, load_metrics, run_train
 from datamodules import cifar10
 from datamodules.augment import augment_batch, resized_crop, sample_crop_boxes
 from lightning_modules.callbacks import FiniteLossGuard
 from lightning_modules.vit_classifier import ViTClassifier
+from tests.helpers import assert_close_rel, find_runs, load_metrics, run_train
 
 SCALE, RATIO, SIZE = cifar10.CROP_SCALE, cifar10.CROP_RATIO, cifar10.IMAGE_SIZE
 TINY = dict(embed_dim=32, hidden_dim=64, num_heads=4, num_layers=1)

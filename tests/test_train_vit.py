@@ -2,11 +2,12 @@
 
 import math
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from tests.helpers import ROOT, find_runs, load_metrics, run_train
 from lightning_modules.vit_classifier import ViTClassifier
+from tests.helpers import ROOT, find_runs, load_metrics, run_train
 
 
 def test_composed_config_instantiates_the_lightning_module():
@@ -40,6 +41,7 @@ def test_optimizer_group_is_faithful_to_the_study():
             assert group["momentum"] == momentum
 
 
+@pytest.mark.slow
 def test_fast_run_writes_events_checkpoints_and_metrics(tmp_path, data_dir):
     run_train("debug=fast", log_dir=tmp_path, data_dir=data_dir)
     (run,) = find_runs(tmp_path)
@@ -59,6 +61,7 @@ def test_fast_run_writes_events_checkpoints_and_metrics(tmp_path, data_dir):
     assert (run / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_optimizer_sweep_gives_one_directory_per_job(tmp_path, data_dir):
     run_train("-m", "optimizer=adam,adamw,sgd,momentum", "debug=fast", "trainer.max_epochs=1",
               "test=false", log_dir=tmp_path, data_dir=data_dir)
@@ -73,6 +76,7 @@ def test_optimizer_sweep_gives_one_directory_per_job(tmp_path, data_dir):
         assert run.name.split(",")[0] in metrics["overrides"]
 
 
+@pytest.mark.slow
 def test_short_real_run_lowers_the_training_loss(tmp_path, data_dir):
     run_train("data.train_subset=256", "data.batch_size=64", "data.num_workers=0",
               "trainer.max_epochs=5", "trainer.limit_val_batches=2", "test=false",
