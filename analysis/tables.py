@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis.runs import completed
 from analysis.stats import summarize
+from analysis.findings import seeds
 from analysis.study import (
     TABLE1_COLUMNS,
     TABLE1_METRICS,
@@ -117,11 +118,6 @@ def _spread(members: pd.DataFrame, key: str, column: str) -> dict:
             f"{column} (ci95 low)": s.ci_low, f"{column} (ci95 high)": s.ci_high}
 
 
-def _seeds(members: pd.DataFrame) -> str:
-    return ", ".join(str(int(s)) if isinstance(s, (int, float, np.integer, np.floating)) and pd.notna(s) else str(s)
-                     for s in members["seed"])
-
-
 def _study_table(runs: pd.DataFrame, task: str, describe, metrics: dict, empty_columns: list,
                  compared: dict | None = None) -> pd.DataFrame:
     """One row per configuration of ``task`` (its completed runs over seeds): ``describe(run)``
@@ -139,7 +135,7 @@ def _study_table(runs: pd.DataFrame, task: str, describe, metrics: dict, empty_c
         for column, key in metrics.items():
             row.update(_spread(members, key, column))
         row["n"] = len(members)
-        row["Seeds"] = _seeds(members)
+        row["Seeds"] = seeds(members)
         row["Note"] = _note(first, _study_row(first["study_config"]))
         row["Run"] = "; ".join(members["run"])
         rows.append(row)
