@@ -48,7 +48,8 @@ from analysis.study import OPTIMIZER_NAMES, study_rows
 K_STATED = 4.0
 # the run-to-run std of one run assumed when the runs present cannot measure it, as a fraction of
 # the compared value (by metric suffix): deliberately generous, so single seeds decide only clear cases
-DEFAULT_SPREAD_REL = {"acc": 0.02, "loss": 0.02, "ppl": 0.02, "train_seconds": 0.10, "peak_memory_mb": 0.02}
+# (peak GPU memory depends on shapes, not on the seed: nearly deterministic)
+DEFAULT_SPREAD_REL = {"acc": 0.02, "loss": 0.02, "ppl": 0.02, "train_seconds": 0.10, "peak_memory_mb": 0.005}
 OVERFIT_TOL = 0.02
 VERDICTS = ("supported", "contradicted", "inconclusive", "missing")
 
@@ -170,6 +171,12 @@ def seeds(members: pd.DataFrame) -> str:
                      for s in members["seed"])
 
 
+def _folders(members: pd.DataFrame) -> str:
+    """The runs' folder names without their ``seed=N`` (one name for a sweep's seeds)."""
+    names = members["group_name"] if "group_name" in members.columns else members["name"]
+    return "; ".join(dict.fromkeys(names))
+
+
 def _label(config: str) -> str:
     row = study_rows().loc[config]
     opt = OPTIMIZER_NAMES.get(row["optimizer"], row["optimizer"])
@@ -204,7 +211,7 @@ class _Groups:
             source = f"measured: pooled std of {groups} configuration(s) with >= 2 seeds"
         else:
             rel = _default_rel(metric)
-            sigma, source = rel * abs(reference), f"assumed: {rel:.0%} of the compared value (no seeds to measure it)"
+            sigma, source = rel * abs(reference), f"assumed: {rel * 100:g}% of the compared value (no seeds to measure it)"
         self.spreads[(task, metric, budget(first))] = {
             "task": task, "metric": metric, "setting": budget(first), "sigma": sigma, "source": source,
         }
@@ -261,6 +268,7 @@ def _compare(finding: Finding, check: Compare, groups: _Groups) -> list[dict]:
             "setting": budget(first), "A": a.iloc[0]["label"], "B": b.iloc[0]["label"],
             "runs A": "; ".join(a["run"]), "runs B": "; ".join(b["run"]),
             "seeds A": seeds(a), "seeds B": seeds(b),
+            "folders A": _folders(a), "folders B": _folders(b),
         }
         if va.empty or vb.empty:
             what = "GPU memory (CPU runs record none)" if check.metric == "peak_memory_mb" else check.metric
@@ -314,7 +322,7 @@ def _overfitting(finding: Finding, check: NoOverfitting, groups: _Groups) -> lis
             rows.append({
                 "finding": finding.key, "check": f"{_label(config)}: no overfitting within {check.epochs} epochs",
                 "task": check.task, "metric": "val/loss", "setting": budget(first), "A": first["label"],
-                "runs A": "; ".join(group["run"]), "seeds A": seeds(group),
+                "runs A": "; ".join(group["run"]), "seeds A": seeds(group), "folders A": _folders(group),
                 "verdict": verdict, "n A": len(rises), "mean A": float(np.mean(rises)),
                 "basis": (f"validation loss at epoch {check.epochs} vs its minimum over epochs 1-{check.epochs}: "
                           f"{', '.join(f'{r:+.1%}' for r in rises)} (overfitting: > +{OVERFIT_TOL:.0%}); "
@@ -372,22 +380,27 @@ def _numbers(row: pd.Series) -> str:
     if row.get("metric") == "val/loss" and pd.isna(row.get("mean B")):  # overfitting check
         return row["basis"]
     d = _digits(row["metric"])
-    text = (f"A {row['mean A']:.{d}f} (n={int(row['n A'])}) vs B {row['mean B']:.{d}f} (n={int(row['n B'])}): "
-            f"diff {row['diff']:+.{d}f}, 95% CI [{row['ci low']:+.{d}f}, {row['ci high']:+.{d}f}]")
+    def side(s: str) -> str:
+        spread = f" ± {row[f'std {s}']:.{d}f}" if pd.notna(row.get(f"std {s}")) else ""
+        return f"{s} {row[f'mean {s}']:.{d}f}{spread} (n={int(row[f'n {s}'])})"
+
+    interval = "95% CI" if row["method"] == "welch" else "interval"
+    text = (f"{side('A')} vs {side('B')}: "
+            f"diff {row['diff']:+.{d}f}, {interval} [{row['ci low']:+.{d}f}, {row['ci high']:+.{d}f}]")
     if row["method"] == "welch":
-        text += f", Welch p={row['p']:.3g}"
+        text += f" (Welch, p={row['p']:.3g})"
     else:
-        text += (f", interval = diff -+ {K_STATED:g} x {row['sigma']:.{d}g} x sqrt(1/nA + 1/nB) "
+        text += (f" = diff -+ {K_STATED:g} x {row['sigma']:.4g} x sqrt(1/nA + 1/nB) "
                  f"(one run on a side; spread {row['basis']})")
     if pd.notna(row.get("margin")):
         text += f"; margin {row['margin']:.{d}f}"
     return text
 
 
-def _run_names(paths) -> str:
-    if not isinstance(paths, str) or not paths:
-        return ""
-    return ", ".join(f"`{Path(p).name}`" for p in paths.split("; "))
+def _side(row: pd.Series, side: str) -> str:
+    """``label, seeds 1, 2, 3: `folder` `` (the full run paths are in findings.csv)."""
+    folders = ", ".join(f"`{f}`" for f in str(row.get(f"folders {side}") or "").split("; ") if f)
+    return f"{row[side]}, seed(s) {row[f'seeds {side}']}: {folders}"
 
 
 def to_markdown(result: Findings) -> str:
@@ -407,10 +420,10 @@ def to_markdown(result: Findings) -> str:
             setting = f" [{row['setting']}]" if isinstance(row.get("setting"), str) else ""
             lines.append(f"- **{row['verdict']}**: {row['check']}{setting}. {_numbers(row)}")
             if isinstance(row.get("runs A"), str):
-                used = f"A = {row['A']}: {_run_names(row['runs A'])}"
+                used = f"A = {_side(row, 'A')}"
                 if isinstance(row.get("runs B"), str):
-                    used += f"; B = {row['B']}: {_run_names(row['runs B'])}"
-                lines.append(f"  - runs: {used}")
+                    used += f"; B = {_side(row, 'B')}"
+                lines.append(f"  - runs (without seed=N; paths in findings.csv): {used}")
         lines.append("")
     if not result.spreads.empty:
         lines += ["Run-to-run spread stated for comparisons with a single run on a side "
