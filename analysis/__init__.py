@@ -12,6 +12,7 @@ from analysis.runs import epoch_curves, find_run_dirs, load_runs, load_scalars
 from analysis.tables import table1, table2, table3, to_markdown
 
 __all__ = [
-    "Report", "build_report", "check_findings", "lr_grids", "write_report", "epoch_curves", "find_run_dirs", "load_runs",
+    "Report", "build_report", "check_findings", "lr_grids", "write_report", "epoch_curves", "find_run_dirs",
+    "load_runs",
     "load_scalars", "table1", "table2", "table3", "to_markdown",
 ]

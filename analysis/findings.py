@@ -158,7 +158,8 @@ def budget(run: pd.Series, with_lr: bool = True) -> str:
     if pd.notna(limit) and limit not in (1, 1.0):
         parts.append(f"limit_train_batches={limit}")
     train_file = run.get("train_file")
-    if run.get("task") == "lstm" and isinstance(train_file, str) and train_file.endswith(("valid.tokens", "test.tokens")):
+    offline = isinstance(train_file, str) and train_file.endswith(("valid.tokens", "test.tokens"))
+    if run.get("task") == "lstm" and offline:
         parts.append(f"trained on {train_file.rsplit('/', 1)[-1]}")
     if with_lr and pd.notna(run.get("lr")):
         parts.append(f"lr {run['lr']:g}")
@@ -211,7 +212,8 @@ class _Groups:
             source = f"measured: pooled std of {groups} configuration(s) with >= 2 seeds"
         else:
             rel = _default_rel(metric)
-            sigma, source = rel * abs(reference), f"assumed: {rel * 100:g}% of the compared value (no seeds to measure it)"
+            sigma = rel * abs(reference)
+            source = f"assumed: {rel * 100:g}% of the compared value (no seeds to measure it)"
         self.spreads[(task, metric, budget(first))] = {
             "task": task, "metric": metric, "setting": budget(first), "sigma": sigma, "source": source,
         }
@@ -238,7 +240,8 @@ def _check_text(check) -> str:
     if isinstance(check, NoOverfitting):
         return f"{check.task}: no run of {', '.join(check.configs)} overfits within {check.epochs} epochs"
     margin = f" (margin {check.margin_rel:.0%})" if check.margin_rel else ""
-    return f"{_label(check.a)} {CLAIM_WORDS[check.claim]} {_label(check.b)} in {METRIC_NAMES.get(check.metric, check.metric)}{margin}"
+    metric = METRIC_NAMES.get(check.metric, check.metric)
+    return f"{_label(check.a)} {CLAIM_WORDS[check.claim]} {_label(check.b)} in {metric}{margin}"
 
 
 def _missing(finding: Finding, check, reason: str) -> dict:
@@ -330,7 +333,8 @@ def _overfitting(finding: Finding, check: NoOverfitting, groups: _Groups) -> lis
             })
     if not rows:
         reason = (f"no run with {check.epochs} epochs of history"
-                  + (f" (shorter runs: {'; '.join(short)})" if short else ": no completed runs of these configurations"))
+                  + (f" (shorter runs: {'; '.join(short)})" if short
+                     else ": no completed runs of these configurations"))
         return [_missing(finding, check, reason)]
     return rows
 
