@@ -175,9 +175,10 @@ def to_markdown(grids: LrGrids) -> str:
             f"Budget seen: {first['setting']} (trainer.max_epochs={first['max_epochs']}, "
             f"data.train_subset={first['train_subset'] if pd.notna(first['train_subset']) else 'null (all)'}). "
             f"Best learning rate by the mean over seeds of the final {metric} ({first['mode']}imised); "
-            "picked on the runs it is reported with, so optimistic.",
+            "picked on the runs it is reported with, so optimistic. Intervals: Welch 95% CI with >= 2 seeds "
+            f"on both sides, else diff -+ {K_STATED:g} x the run-to-run spread (see Findings).",
             "",
-            f"| Rank | Optimizer | Best lr | {metric} at best lr | vs the best: diff [95% CI] | "
+            f"| Rank | Optimizer | Best lr | {metric} at best lr | vs the best: diff [interval] | "
             f"{metric} at the study's lr | Grid (lr: runs per lr) | Note |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
