@@ -1,5 +1,9 @@
 """The study's Figures 1-6: train (solid) and validation (dashed) loss and perplexity (LSTM) or
-accuracy (ViT), against epochs or against wall-clock seconds, one colour per configuration."""
+accuracy (ViT), against epochs or against wall-clock seconds, one colour per configuration.
+
+A configuration with several runs (seeds) is drawn as its mean curve with a shaded band of
+± 1 sample standard deviation over the seeds at each epoch (against wall-clock time, x is the
+mean cumulative training time of that epoch); one run is drawn as its own curve, as before."""
 
 from __future__ import annotations
 
@@ -15,11 +19,13 @@ from analysis.runs import completed
 from analysis.study import FIGURES
 
 METRIC = {"vit": ("acc", "accuracy"), "lstm": ("ppl", "perplexity")}
+BAND = "band: ± 1 std over seeds"
 X_AXIS = {"epoch": ("epoch", "epoch"), "wall": ("time/train_s", "wall-clock training time (s)")}
 
 
 def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, task: str, x: str, title: str):
-    """One figure, two panels (loss; accuracy or perplexity); a line per run in ``runs``."""
+    """One figure, two panels (loss; accuracy or perplexity); a line per configuration (``group``) in
+    ``runs``: the mean over its runs with a ± 1 std band when it has several."""
     metric, metric_name = METRIC[task]
     x_col, x_label = X_AXIS[x]
     # matplotlib's object API, not pyplot: no global backend or figure registry involved, so
@@ -27,16 +33,28 @@ def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, task: str, x: str, tit
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (_, run) in enumerate(runs.iterrows()):
-        data = curves[curves["run"] == run["run"]].sort_values("epoch")
+    groups = runs["group"] if "group" in runs.columns else runs["run"]
+    any_band = False
+    for i, group in enumerate(dict.fromkeys(groups)):
+        members = runs[groups == group]
+        data = curves[curves["run"].isin(members["run"])]
+        n = data["run"].nunique()
         color = colors[i % len(colors)]
+        label = members.iloc[0]["label"] + (f" (n={n})" if n > 1 else "")
         for ax, name in zip(axes, ("loss", metric)):
             for stage, style in (("train", "-"), ("val", "--")):
                 tag = f"{stage}/{name}"
-                if tag in data.columns and x_col in data.columns:
-                    points = data[[x_col, tag]].dropna()
-                    ax.plot(points[x_col], points[tag], style, color=color, marker="o", markersize=3,
-                            label=run["label"] if stage == "train" else None)
+                if tag not in data.columns or x_col not in data.columns:
+                    continue
+                mean, std = _mean_curve(data, x_col, tag)
+                if mean.empty:
+                    continue
+                ax.plot(mean[x_col], mean[tag], style, color=color, marker="o", markersize=3,
+                        label=label if stage == "train" else None)
+                if n > 1 and std.notna().any():
+                    any_band = True
+                    ax.fill_between(mean[x_col], mean[tag] - std, mean[tag] + std, color=color, alpha=0.15,
+                                    linewidth=0)
     for ax, name in zip(axes, ("loss", metric_name)):
         ax.set_xlabel(x_label)
         ax.set_ylabel(name)
@@ -49,8 +67,18 @@ def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, task: str, x: str, tit
     handles += [Line2D([], [], color="black", linestyle="-", label="train"),
                 Line2D([], [], color="black", linestyle="--", label="validation")]
     axes[1].legend(handles=handles, fontsize=7, loc="best")
-    fig.suptitle(title)
+    fig.suptitle(f"{title} ({BAND})" if any_band else title)
     return fig
+
+
+def _mean_curve(data: pd.DataFrame, x_col: str, tag: str) -> tuple[pd.DataFrame, pd.Series]:
+    """Per epoch over the runs in ``data``: the mean of ``x_col`` and ``tag`` and the sample std
+    of ``tag`` (NaN where fewer than two runs reached that epoch)."""
+    points = data[["run", "epoch", x_col, tag]].dropna() if x_col != "epoch" else data[["run", "epoch", tag]].dropna()
+    by_epoch = points.groupby("epoch")
+    mean = by_epoch.mean(numeric_only=True).reset_index().sort_values("epoch")
+    std = by_epoch[tag].std(ddof=1).reindex(mean["epoch"]).reset_index(drop=True)
+    return mean.reset_index(drop=True), std
 
 
 def figure_specs(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, str, str]]:

@@ -3,10 +3,15 @@
     python -m analysis logs/vit/multiruns/2026-11-29_10-00-00        # -> <that dir>/report/
     python -m analysis logs/lstm/multiruns/A logs/vit/multiruns/B --out report/
 
-Output: ``table{1,2,3}.md`` and ``.csv`` (the study's columns, with the published numbers and
-the difference beside ours), ``figure{1..6}.png`` (those with runs), ``<task>_all_*.png``,
-``runs.csv`` (every run found, with its status) and ``README.md`` tying them together. Runs
-still running, failed, or without ``metrics.json`` are listed, not reported.
+Output: ``table{1,2,3}.md`` and ``.csv`` (the study's columns, one row per configuration: mean
+± std over its seeds with n, the CSV adding the 95% interval, the published numbers and the
+difference beside ours), ``figure{1..6}.png`` (those with runs; mean curves with ± 1 std bands),
+``<task>_all_*.png``, ``findings.md`` / ``findings.csv`` (each finding of the study checked:
+supported, contradicted, inconclusive or missing, with the numbers and runs behind it),
+``lr_grid.md`` / ``lr_grid.csv`` / ``lr_grid_points.csv`` (optimizers at their best learning rate,
+where the runs hold learning-rate grids), ``runs.csv`` (every run found, with its status) and
+``README.md`` tying them together. Runs still running, failed, or without ``metrics.json`` (and
+repeated seeds) are listed, not reported.
 """
 
 from __future__ import annotations
@@ -17,10 +22,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import make_figures, save_figures
+from analysis import findings as findings_md
+from analysis import lrgrid as lrgrid_md
+from analysis.figures import BAND, make_figures, save_figures
+from analysis.findings import Findings, check_findings
+from analysis.lrgrid import LrGrids, lr_grids
 from analysis.runs import completed, epoch_curves, load_runs, load_scalars
 from analysis.tables import all_tables, to_markdown
 
+LR_TITLE = "Optimizers at their best learning rate"
 TITLES = {
     "table1": "Table 1: LSTM on WikiText-2 (loss, perplexity, train time in s)",
     "table2": "Table 2: ViT on CIFAR-10 (loss, accuracy, train time in s)",
@@ -33,6 +43,8 @@ class Report:
     runs: pd.DataFrame
     curves: pd.DataFrame
     tables: dict[str, pd.DataFrame]
+    findings: Findings | None = None
+    lr_grids: LrGrids | None = None
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -45,7 +57,8 @@ def build_report(paths: str | Path | Iterable[str | Path]) -> Report:
     runs = load_runs(paths)
     done = completed(runs)
     curves = epoch_curves(load_scalars(done["run"])) if not done.empty else epoch_curves(pd.DataFrame())
-    return Report(runs=runs, curves=curves, tables=all_tables(runs))
+    return Report(runs=runs, curves=curves, tables=all_tables(runs), findings=check_findings(runs),
+                  lr_grids=lr_grids(runs))
 
 
 def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path | None = None) -> Report:
@@ -64,6 +77,12 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
         table.to_csv(out / f"{name}.csv", index=False)
         (out / f"{name}.md").write_text(f"## {TITLES[name]}\n\n{to_markdown(table)}")
         files += [out / f"{name}.csv", out / f"{name}.md"]
+    report.findings.checks.to_csv(out / "findings.csv", index=False)
+    (out / "findings.md").write_text(f"## Findings\n\n{findings_md.to_markdown(report.findings)}")
+    report.lr_grids.best.to_csv(out / "lr_grid.csv", index=False)
+    report.lr_grids.points.to_csv(out / "lr_grid_points.csv", index=False)
+    (out / "lr_grid.md").write_text(f"## {LR_TITLE}\n\n{lrgrid_md.to_markdown(report.lr_grids)}")
+    files += [out / n for n in ("findings.csv", "findings.md", "lr_grid.csv", "lr_grid_points.csv", "lr_grid.md")]
     figures = make_figures(report.runs, report.curves)
     files += save_figures(figures, out)
     report.runs.to_csv(out / "runs.csv", index=False)
@@ -83,13 +102,20 @@ def _index(report: Report, files: list[Path], paths: list[Path]) -> str:
         "",
         f"{len(runs)} runs found, {int((runs['status'] == 'completed').sum())} completed and reported.",
         "Cells read `ours (study X, diff ours-X)` where the run reproduces a configuration of the study.",
+        "A configuration run with several seeds shows `mean ± std (n=k)` (sample std over its seeds; the",
+        "difference is mean - study); the CSV adds each mean's Student-t 95% interval (`(ci95 low|high)`).",
         "",
     ]
     for name, table in report.tables.items():
         lines += [f"## {TITLES[name]}", "", to_markdown(table), f"CSV: `{name}.csv`", ""]
     pngs = [f for f in files if f.suffix == ".png"]
     if pngs:
-        lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in pngs] + [""]
+        lines += ["## Figures", "", f"Configurations with several seeds: mean curve, {BAND}.", ""]
+        lines += [f"![{f.stem}]({f.name})" for f in pngs] + [""]
+    lines += ["## Findings", "", "Each finding of the study against the runs present (rules: `analysis/findings.py`).",
+              "", findings_md.to_markdown(report.findings), "CSV: `findings.csv`", ""]
+    lines += [f"## {LR_TITLE}", "", lrgrid_md.to_markdown(report.lr_grids),
+              "CSV: `lr_grid.csv` (best per optimizer), `lr_grid_points.csv` (every learning rate)", ""]
     missing = report.not_reported
     lines += ["## Runs not reported", ""]
     if missing.empty:

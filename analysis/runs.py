@@ -8,10 +8,16 @@ depth, so every loader takes a sweep directory, a log folder or a list of run di
   memory), including runs still running or failed (their ``status`` says so).
 * :func:`load_scalars`: every scalar of the runs' TensorBoard event files, long format.
 * :func:`epoch_curves`: per-epoch train/val curves (epoch and cumulative train seconds as x axes).
+
+Runs are grouped by configuration: ``group`` identifies the resolved config without the seed and
+without what only says where or how verbosely a run writes (:data:`NOT_CONFIGURATION`), so the
+seeds of one configuration share a ``group`` whichever sweep they came from. Two runs of one
+group with the same seed are one sample: the older is marked ``duplicate`` (not reported).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +30,19 @@ from analysis.study import OPTIMIZER_NAMES, match_study_config
 
 RUN_MARKERS = ("metrics.json", ".hydra/config.yaml", "config.yaml")
 EVENT_GLOB = "events.out.tfevents.*"
+
+# Config keys that are not part of a run's configuration: its seed (and what copies it), where it
+# reads and writes, logging cadence, and callbacks that do not change training (early stopping
+# does, so it stays). Everything else, lr and epochs included, tells configurations apart.
+NOT_CONFIGURATION = (
+    "seed", "data.seed", "data.data_dir", "data.cache_dir", "data.tokenizer_dir", "data.num_workers",
+    "data.pin_memory", "data.download", "trainer.default_root_dir", "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar", "logger", "paths", "test", "ckpt_path", "resume", "label",
+    "study_config", "model.optimizer", "model.scheduler", "callbacks", "hydra",
+)
+KEEP_CALLBACKS = ("early_stopping",)
+# what the study's comparisons vary (findings pair configurations that differ only in these)
+STUDY_AXES = ("model.num_layers", "model.norm")
 
 
 def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -102,6 +121,61 @@ def _get(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
     return d
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _dropped(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _digest(items: dict[str, Any]) -> str:
+    text = json.dumps(sorted(items.items()), default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def config_keys(config: dict[str, Any], summary: dict[str, Any] | None = None) -> dict[str, str]:
+    """Identities of a run's configuration (short hashes):
+
+    * ``group``: everything but the seed (:data:`NOT_CONFIGURATION`): the runs of one group are seeds;
+    * ``family``: the group without ``optimizer.lr``: the points of one learning-rate grid;
+    * ``lr_setting``: without the whole optimizer: the optimizers compared at their best lr;
+    * ``setting``: without the optimizer (but its lr), depth and norm placement: the study's
+      comparisons pair groups of one setting (same budget, data, lr, ...).
+    """
+    flat = _flat(config)
+    if not flat:  # no config file: the overrides without the seed say what the run was
+        overrides = [o for o in (summary or {}).get("overrides", [])
+                     if not _dropped(o.split("=", 1)[0].lstrip("+~"), NOT_CONFIGURATION)]
+        flat = {"task": (summary or {}).get("task"), "overrides": sorted(overrides),
+                "label": _get(summary or {}, "experiment.label")}
+    kept = {k: v for k, v in flat.items()
+            if not _dropped(k, NOT_CONFIGURATION) or _dropped(k, [f"callbacks.{c}" for c in KEEP_CALLBACKS])}
+    no_optimizer = {k: v for k, v in kept.items() if not _dropped(k, ["optimizer"])}
+    return {
+        "group": _digest(kept),
+        "family": _digest({k: v for k, v in kept.items() if k != "optimizer.lr"}),
+        "lr_setting": _digest(no_optimizer),
+        "setting": _digest({**{k: v for k, v in no_optimizer.items() if not _dropped(k, STUDY_AXES)},
+                            "optimizer.lr": kept.get("optimizer.lr")}),
+    }
+
+
+def _group_name(run: Path, seed: Any) -> str:
+    """The job folder's name without its ``seed=N`` (sweeps name folders by their overrides)."""
+    parts = [p for p in run.name.split(",") if not p.startswith(("seed=", "+seed=", "++seed="))]
+    return ",".join(parts) or run.name
+
+
 def describe_run(run: Path) -> dict[str, Any]:
     """One run as a flat record (see :func:`load_runs`)."""
     run = Path(run)
@@ -116,10 +190,12 @@ def describe_run(run: Path) -> dict[str, Any]:
     max_epochs = _get(config, "trainer.max_epochs")
     study_config = experiment.get("study_config") or config.get("study_config")
     if not study_config and task and optimizer:
-        study_config = match_study_config(task, optimizer, num_layers, norm, max_epochs)
+        study_config = match_study_config(task, optimizer, num_layers, norm, max_epochs,
+                                          _get(config, "optimizer.lr"))
     label = experiment.get("label") or config.get("label") or _default_label(
         task, optimizer, num_layers, norm, run
     )
+    seed = (summary or {}).get("seed", config.get("seed"))
     record: dict[str, Any] = {
         "run": str(run),
         "name": run.name,
@@ -133,6 +209,14 @@ def describe_run(run: Path) -> dict[str, Any]:
         "num_layers": num_layers,
         "norm": norm,
         "max_epochs": max_epochs,
+        "seed": seed,
+        "lr": _get(config, "optimizer.lr"),
+        "train_subset": _get(config, "data.train_subset"),
+        "limit_train_batches": _get(config, "trainer.limit_train_batches"),
+        "monitor": _get(config, "monitor.metric"),
+        "monitor_mode": _get(config, "monitor.mode"),
+        **config_keys(config, summary),
+        "group_name": _group_name(run, seed),
         "train_file": _get(config, "data.train_file"),
         "tokenizer": _get(config, "data.tokenizer"),
         "epochs": (summary or {}).get("epochs"),
@@ -174,12 +258,30 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     records = [describe_run(run) for run in find_run_dirs(paths)]
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
-        frame = pd.DataFrame(columns=["run", "name", "status", "task", "label", "study_config"])
-    # labels name lines in figures and rows in tables: make repeated ones unique
-    dup = frame["label"].duplicated(keep=False)
-    if dup.any():
-        frame.loc[dup, "label"] = frame.loc[dup, "label"] + " [" + frame.loc[dup, "name"] + "]"
+        return pd.DataFrame(columns=["run", "name", "status", "task", "label", "study_config", "group", "seed"])
+    _mark_duplicate_seeds(frame)
+    # labels name lines in figures and rows in tables: one per group (its first run's), and
+    # unique across groups
+    frame["label"] = frame.groupby("group")["label"].transform("first")
+    firsts = frame.drop_duplicates("group")
+    dup_groups = set(firsts.loc[firsts["label"].duplicated(keep=False), "group"])
+    if dup_groups:
+        dup = frame["group"].isin(dup_groups)
+        frame.loc[dup, "label"] = frame.loc[dup, "label"] + " [" + frame.loc[dup, "group_name"] + "]"
     return frame.reset_index(drop=True)
+
+
+def _mark_duplicate_seeds(frame: pd.DataFrame) -> None:
+    """Completed runs of one group with the same seed are one sample: keep the newest."""
+    done = frame[(frame["status"] == "completed") & frame["seed"].notna()]
+    for _, same in done.groupby(["group", "seed"]):
+        if len(same) < 2:
+            continue
+        mtimes = {i: Path(frame.at[i, "run"], "metrics.json").stat().st_mtime for i in same.index}
+        keep = max(mtimes, key=lambda i: (mtimes[i], frame.at[i, "run"]))
+        for i in same.index.drop(keep):
+            frame.at[i, "status"] = "duplicate"
+            frame.at[i, "error"] = f"same configuration and seed as {frame.at[keep, 'run']} (kept, newer)"
 
 
 def completed(runs: pd.DataFrame) -> pd.DataFrame:

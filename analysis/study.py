@@ -7,9 +7,12 @@ row when its task, optimizer, depth, norm placement and epochs are the study's.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "momentum": "Momentum"}
+STUDY_LR = {"lstm": 1e-3, "vit": 3e-4}  # one learning rate for every optimizer of a table
 
 # Table 1: LSTM on WikiText-2
 TABLE1_COLUMNS = [
@@ -103,8 +106,11 @@ def config_label(study_config: str) -> str:
     return f"{number} ({epochs} epochs)" if epochs else number
 
 
-def match_study_config(task, optimizer, num_layers, norm, max_epochs) -> str | None:
-    """The study row a plain run reproduces exactly (same task, optimizer, depth, norm, epochs)."""
+def match_study_config(task, optimizer, num_layers, norm, max_epochs, lr=None) -> str | None:
+    """The study row a plain run reproduces exactly (same task, optimizer, depth, norm, epochs and,
+    when given, learning rate: a point of a learning-rate grid is the study's row only at its lr)."""
+    if lr is not None and task in STUDY_LR and not math.isclose(float(lr), STUDY_LR[task], rel_tol=1e-9):
+        return None
     study = study_rows()
     for key, row in study.iterrows():
         if (

@@ -1,9 +1,12 @@
 """The study's Tables 1-3 from our runs, with the published numbers and the difference beside ours.
 
-Each table is a DataFrame with the study's columns (ours), then ``<column> (study)`` and
-``<column> (diff)`` for every metric column; ``Config`` is the study's row where the run
-reproduces one (``study_config`` from the preset, or an exact configuration match) and ``-``
-otherwise. One row per completed run; a ``Note`` says when a row is not comparable.
+One row per configuration (its completed runs, one per seed; see ``analysis.runs``). Each table is
+a DataFrame with the study's columns holding the mean over seeds, and for every metric column
+``<column> (std)`` (sample std), ``<column> (n)``, ``<column> (ci95 low|high)`` (Student-t 95%
+interval of the mean; NaN for one run), ``<column> (study)`` and ``<column> (diff)`` (mean - study).
+``Config`` is the study's row where the configuration reproduces one (``study_config`` from the
+preset, or an exact configuration match) and ``-`` otherwise; ``n``, ``Seeds`` and ``Run`` (the
+run directories, ``; ``-separated) name the runs; a ``Note`` says when a row is not comparable.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.runs import completed
+from analysis.stats import summarize
+from analysis.findings import seeds
 from analysis.study import (
     TABLE1_COLUMNS,
     TABLE1_METRICS,
@@ -43,6 +48,12 @@ def _note(run: pd.Series, study: pd.Series | None) -> str:
     notes = []
     if study is not None and pd.notna(run.get("epochs")) and run["epochs"] != study["max_epochs"]:
         notes.append(f"{int(run['epochs'])} of the study's {int(study['max_epochs'])} epochs")
+    subset = run.get("train_subset")
+    if pd.notna(subset) and subset:
+        notes.append(f"data.train_subset={int(subset)} training examples")
+    limit = run.get("limit_train_batches")
+    if pd.notna(limit) and limit not in (1, 1.0):
+        notes.append(f"trainer.limit_train_batches={limit}")
     train_file = run.get("train_file")
     if isinstance(train_file, str) and train_file.endswith(OFFLINE_TRAIN_FILES):
         notes.append(f"trained on {train_file.rsplit('/', 1)[-1]}: not comparable with WikiText-2 results")
@@ -52,26 +63,35 @@ def _note(run: pd.Series, study: pd.Series | None) -> str:
     return "; ".join(notes)
 
 
-def _with_study(rows: list[dict], runs: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
-    """Add ``<col> (study)`` and ``<col> (diff)`` (ours - study) after the study's columns."""
+# per metric column of a table, beside the mean: its spread over the configuration's seeds
+SPREAD_SUFFIXES = (" (std)", " (n)", " (ci95 low)", " (ci95 high)")
+STUDY_SUFFIXES = (" (study)", " (diff)")
+DERIVED_SUFFIXES = SPREAD_SUFFIXES + STUDY_SUFFIXES
+
+
+def _with_study(table: pd.DataFrame, study_configs: list, metrics: dict[str, str]) -> pd.DataFrame:
+    """Add ``<col> (study)`` and ``<col> (diff)`` (ours - study; ours is the mean over seeds)."""
     study = study_rows()
-    table = pd.DataFrame(rows)
-    for column in ("Layers", "Epochs"):
+    for column in ("Layers", "Epochs", "n"):
         if column in table.columns:
             table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
     for column, key in metrics.items():
         published = [
             study.at[sc, key] if isinstance(sc, str) and sc in study.index and key in study.columns
             else np.nan
-            for sc in runs["study_config"]
+            for sc in study_configs
         ]
         table[f"{column} (study)"] = pd.to_numeric(pd.Series(published, index=table.index), errors="coerce")
         table[f"{column} (diff)"] = pd.to_numeric(table[column], errors="coerce") - table[f"{column} (study)"]
+    return table
+
+
+def _order_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Each metric column followed by its spread, then the study's number and the difference."""
     order = []
-    for column in [c for c in table.columns if not c.endswith((" (study)", " (diff)"))]:
+    for column in [c for c in table.columns if not c.endswith(DERIVED_SUFFIXES)]:
         order.append(column)
-        if column in metrics:
-            order += [f"{column} (study)", f"{column} (diff)"]
+        order += [f"{column}{s}" for s in DERIVED_SUFFIXES if f"{column}{s}" in table.columns]
     return table[order]
 
 
@@ -80,24 +100,50 @@ def _study_row(study_config) -> pd.Series | None:
     return study.loc[study_config] if isinstance(study_config, str) and study_config in study.index else None
 
 
-def _study_table(runs: pd.DataFrame, task: str, describe, metrics: dict, empty_columns: list) -> pd.DataFrame:
-    """One row per completed run of ``task``: ``describe(run)`` columns, then ``metrics``, a note,
-    and the study's numbers with the difference where the configuration matches."""
-    runs = _ordered(completed(runs)[lambda r: r["task"] == task])
+def configuration_groups(runs: pd.DataFrame, task: str) -> list[pd.DataFrame]:
+    """The completed runs of ``task``, one DataFrame per configuration (its seeds), in the
+    study's order (by study row, then label)."""
+    done = completed(runs)[lambda r: r["task"] == task]
+    if done.empty:
+        return []
+    firsts = _ordered(done.drop_duplicates("group"))
+    return [done[done["group"] == g].sort_values("seed", key=lambda s: pd.to_numeric(s, errors="coerce"))
+            for g in firsts["group"]]
+
+
+def _spread(members: pd.DataFrame, key: str, column: str) -> dict:
+    values = pd.to_numeric(members[key], errors="coerce") if key in members.columns else pd.Series(dtype=float)
+    s = summarize(values)
+    return {column: s.mean, f"{column} (std)": s.std, f"{column} (n)": s.n,
+            f"{column} (ci95 low)": s.ci_low, f"{column} (ci95 high)": s.ci_high}
+
+
+def _study_table(runs: pd.DataFrame, task: str, describe, metrics: dict, empty_columns: list,
+                 compared: dict | None = None) -> pd.DataFrame:
+    """One row per configuration of ``task`` (its completed runs over seeds): ``describe(run)``
+    columns, then ``metrics`` as mean with std, n and 95% interval, a note, and the study's
+    numbers with the difference (for ``compared``, default all ``metrics``) where it matches."""
+    groups = configuration_groups(runs, task)
     rows = []
-    for _, run in runs.iterrows():
+    for members in groups:
+        first = members.iloc[0]
         row = {
-            "Config": config_label(run["study_config"]) if isinstance(run["study_config"], str) else "-",
-            "Label": run["label"],
-            **describe(run),
+            "Config": config_label(first["study_config"]) if isinstance(first["study_config"], str) else "-",
+            "Label": first["label"],
+            **describe(first),
         }
-        row.update({col: run.get(key, np.nan) for col, key in metrics.items()})
-        row["Note"] = _note(run, _study_row(run["study_config"]))
-        row["Run"] = run["run"]
+        for column, key in metrics.items():
+            row.update(_spread(members, key, column))
+        row["n"] = len(members)
+        row["Seeds"] = seeds(members)
+        row["Note"] = _note(first, _study_row(first["study_config"]))
+        row["Run"] = "; ".join(members["run"])
         rows.append(row)
     if not rows:
         return pd.DataFrame(columns=empty_columns)
-    return _with_study(rows, runs, metrics)
+    table = _with_study(pd.DataFrame(rows), [g.iloc[0]["study_config"] for g in groups],
+                        metrics if compared is None else compared)
+    return _order_columns(table)
 
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
@@ -107,7 +153,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
         "lstm",
         lambda run: {"Optimizer": run["optimizer_name"], "Layers": run["num_layers"], "Epochs": run["epochs"]},
         TABLE1_METRICS,
-        ["Config", "Label", *TABLE1_COLUMNS, "Note", "Run"],
+        ["Config", "Label", *TABLE1_COLUMNS, "n", "Seeds", "Note", "Run"],
     )
 
 
@@ -124,7 +170,7 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
             "Epochs": run["epochs"],
         },
         TABLE2_METRICS,
-        [*TABLE2_COLUMNS, "Label", "Epochs", "Note", "Run"],
+        [*TABLE2_COLUMNS, "Label", "Epochs", "n", "Seeds", "Note", "Run"],
     )
 
 
@@ -132,22 +178,18 @@ def table3(runs: pd.DataFrame) -> pd.DataFrame:
     """Table 3 (ViT memory): the study's GPU memory column, ours from ``memory/peak_gpu_mb``
     (``torch.cuda.max_memory_allocated``). CPU-only runs have no GPU number: their peak
     process memory (RSS) is shown in ``Peak RSS (MB)`` instead and no difference is computed."""
-    runs = _ordered(completed(runs)[lambda r: r["task"] == "vit"])
-    rows = []
-    for _, run in runs.iterrows():
-        rows.append({
-            "Config": config_label(run["study_config"]) if isinstance(run["study_config"], str) else "-",
-            "Label": run["label"],
+    return _study_table(
+        runs,
+        "vit",
+        lambda run: {
             "Architecture": architecture(run["norm"]),
             "Layers": run["num_layers"],
             "Optimizer": run["optimizer_name"],
-            "GPU memory (MB)": run.get("peak_memory_mb"),
-            "Peak RSS (MB)": run.get("peak_rss_mb"),
-            "Run": run["run"],
-        })
-    if not rows:
-        return pd.DataFrame(columns=[*TABLE3_COLUMNS, "Label", "Peak RSS (MB)", "Run"])
-    return _with_study(rows, runs, {"GPU memory (MB)": "peak_memory_mb"})
+        },
+        {"GPU memory (MB)": "peak_memory_mb", "Peak RSS (MB)": "peak_rss_mb"},
+        [*TABLE3_COLUMNS, "Label", "Peak RSS (MB)", "n", "Seeds", "Run"],
+        compared={"GPU memory (MB)": "peak_memory_mb"},
+    )
 
 
 def _fmt(value, decimals: int) -> str:
@@ -160,18 +202,30 @@ def _fmt(value, decimals: int) -> str:
     return str(value)
 
 
+def _cell(row: pd.Series, col: str, digits: int) -> str:
+    """``mean``, or ``mean ± std (n=k)`` for a configuration with several seeds."""
+    cell = _fmt(row[col], digits)
+    n = row.get(f"{col} (n)")
+    if cell and pd.notna(n) and n > 1 and pd.notna(row.get(f"{col} (std)")):
+        cell += f" ± {row[f'{col} (std)']:.{digits}f} (n={int(n)})"
+    return cell
+
+
 def to_markdown(table: pd.DataFrame, decimals: int = 4) -> str:
-    """Markdown with one cell per study column: ``ours (study X, diff +Y)`` where matched."""
+    """Markdown with one cell per study column: ``ours (study X, diff +Y)`` where matched, ours
+    being ``mean ± std (n=k)`` over seeds (a configuration of one run shows its value alone)."""
     if table.empty:
         return "_No completed runs._\n"
     metric_cols = [c[: -len(" (study)")] for c in table.columns if c.endswith(" (study)")]
-    shown = [c for c in table.columns if not c.endswith((" (study)", " (diff)")) and c != "Run"]
+    several = "n" in table.columns and (pd.to_numeric(table["n"], errors="coerce") > 1).any()
+    hidden = {"Run", "n"} | (set() if several else {"Seeds"})
+    shown = [c for c in table.columns if not c.endswith(DERIVED_SUFFIXES) and c not in hidden]
     lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
     for _, row in table.iterrows():
         cells = []
         for col in shown:
             digits = 1 if "time" in col.lower() or "MB" in col else 3 if "PPL" in col else decimals
-            cell = _fmt(row[col], digits)
+            cell = _cell(row, col, digits)
             if col in metric_cols and pd.notna(row[f"{col} (study)"]):
                 study = _fmt(row[f"{col} (study)"], digits)
                 cell = cell or "n/a"
