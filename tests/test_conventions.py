@@ -68,15 +68,15 @@ def test_lstm_checkpoint_loads_with_no_other_argument(tmp_path, data_dir):
 # -- debug presets -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_debug_overfit_drives_the_loss_down_on_two_batches(tmp_path, data_dir):
-    run_train("debug=overfit", *TINY_VIT, "trainer.max_epochs=25", "optimizer.lr=3e-3", "test=false",
-              log_dir=tmp_path, data_dir=data_dir)
+    run_train("debug=overfit", *TINY_VIT, "model.embed_dim=64", "model.hidden_dim=128", "model.num_heads=4",
+              "trainer.max_epochs=30", "optimizer.lr=2e-3", "test=false", log_dir=tmp_path, data_dir=data_dir)
     (run,) = find_runs(tmp_path)
     assert run.relative_to(tmp_path).parts[:2] == ("debug", "vit")  # debug runs: <log_dir>/debug/...
     history = load_metrics(run)["history"]
-    assert len(history) == 25 and history[0]["step"] == 2  # 2 batches an epoch, the same ones
-    first, last = history[0]["train/loss"], history[-1]["train/loss"]
-    assert last < 0.25 * first, (first, last)
-    assert history[-1]["train/acc"] >= 0.9
+    assert len(history) == 30 and history[0]["step"] == 2  # 2 batches an epoch, the same ones
+    losses = [row["train/loss"] for row in history]
+    assert min(losses[-5:]) < 0.2 * losses[0], losses  # memorised: from ~2.4 (chance) to under 0.5
+    assert max(row["train/acc"] for row in history[-5:]) >= 0.85
 
 
 @pytest.mark.slow

@@ -294,7 +294,7 @@ def test_lr_grid_sweep_with_seeds_end_to_end(tmp_path, data_dir):
               env={"OMP_NUM_THREADS": "1"})
     runs = find_runs(tmp_path)
     assert len(runs) == 4 and len({r.name for r in runs}) == 4 and all("seed=" in r.name for r in runs)
-    report = write_report(tmp_path, tmp_path / "report")
+    report = write_report(tmp_path / "debug", tmp_path / "report")  # debug presets write below <log_dir>/debug
     table = pd.read_csv(tmp_path / "report" / "table2.csv")
     assert sorted(table["n"]) == [2, 2]
     by_lr: dict[float, list[float]] = {}
