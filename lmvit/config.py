@@ -51,6 +51,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.seq_len": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.tokenizer": (lambda v: v in ("word", "gpt2", "npz"), "word, gpt2 or npz"),
     "trainer.max_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    # inspection callbacks (lightning_modules/callbacks/inspection.py, text_samples.py)
+    "callbacks.attention_inspection.every_n_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.attention_inspection.num_images": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.class_inspection.every_n_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.class_inspection.num_misclassified": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "callbacks.text_samples.every_n_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.text_samples.max_tokens": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "callbacks.text_samples.temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: greedy)"),
+    "callbacks.text_samples.top_k": (lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null for all tokens"),
 }
 
 CIFAR10_TRAIN_IMAGES = 50_000

@@ -185,3 +185,23 @@ def test_prompt_words_outside_the_vocabulary_become_unk_said_once(caplog):
     assert ids == [tokenizer.index["the"], tokenizer.unk_id, tokenizer.index["of"], tokenizer.unk_id]
     assert unknown == ["zork"] and first.text == second.text and len(first.ids) == 3
     assert sum("zork" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("callbacks.attention_inspection.every_n_epochs=0", "an integer >= 1"),
+    ("callbacks.class_inspection.num_misclassified=-1", "an integer >= 0"),
+    ("callbacks.text_samples.temperature=-0.5", "a number >= 0"),
+    ("callbacks.text_samples.top_k=0", "an integer >= 1"),
+])
+def test_bad_callback_settings_fail_before_any_data(override, allowed):
+    from hydra import compose, initialize_config_dir
+
+    from lmvit.config import ConfigError, validate
+    from tests.helpers import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[override])
+    with pytest.raises(ConfigError, match=f"Invalid setting {override.split('=')[0]}.*{allowed}"):
+        validate(cfg)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        validate(compose("train", overrides=[override.split(".")[0] + "." + override.split(".")[1] + "=null"]))
