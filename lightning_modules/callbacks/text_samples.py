@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 
-import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from lightning_modules.callbacks.inspection import ValidationEndCallback
 from lightning_modules.generation import TextGenerator
 
 log = logging.getLogger(__name__)
 
 
-class TextSamples(pl.Callback):
+class TextSamples(ValidationEndCallback):
     def __init__(self, prompts: list[str] | None = None, every_n_epochs: int = 1, max_tokens: int = 30,
                  temperature: float = 0.8, top_k: int | None = 40, seed: int = 0) -> None:
         if every_n_epochs < 1:
