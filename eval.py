@@ -28,8 +28,16 @@ from omegaconf import DictConfig, OmegaConf
 from lmvit.cli import ErrorPolicy
 from lmvit.errors import ConfigError, UserError
 from lmvit.io import atomic_write_json, atomic_write_text
-from lmvit.runs import checkpoint, checkpoint_name, completed_runs, format_table, is_run, load_metrics, load_model, \
-    run_config
+from lmvit.runs import (
+    checkpoint,
+    checkpoint_name,
+    completed_runs,
+    format_table,
+    is_run,
+    load_metrics,
+    load_model,
+    run_config,
+)
 
 log = logging.getLogger("eval")
 SPLITS = ("val", "test")

@@ -143,7 +143,8 @@ def _tags(run: Path) -> dict:
 
 def test_default_callbacks_left_images_for_the_vit_and_text_for_the_lstm(runs):
     vit, lstm = _tags(runs["vit"]), _tags(runs["lstm"])
-    assert {"attention/layers", "attention/rollout", "confusion/matrix", "confusion/misclassified"} <= set(vit["images"])
+    expected = {"attention/layers", "attention/rollout", "confusion/matrix", "confusion/misclassified"}
+    assert expected <= set(vit["images"])
     assert {"attention_distance/layer1", "attention_entropy/layer2_head1"} <= set(vit["scalars"])
     assert {"samples/1/text_summary", "samples/3/text_summary"} <= set(lstm["tensors"])
     assert not lstm["images"] and not [t for t in vit["tensors"] if t.startswith("samples/")]

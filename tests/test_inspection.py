@@ -145,7 +145,8 @@ def test_vit_inspection_in_a_real_fit(data_dir, tmp_path, monkeypatch):
 
     events = _events(tmp_path / "tb")
     tags = events.Tags()
-    assert {"attention/layers", "attention/rollout", "confusion/matrix", "confusion/misclassified"} <= set(tags["images"])
+    expected = {"attention/layers", "attention/rollout", "confusion/matrix", "confusion/misclassified"}
+    assert expected <= set(tags["images"])
     assert not [t for t in tags["tensors"] if t.startswith("samples/")]  # TextSamples: nothing for the ViT
     # the logged statistics are those of the fixed batch (the first validation images)
     result = inspect.inspect(model.net, inspect.images)

@@ -49,7 +49,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 # -- attention statistics (pure functions on (batch, heads, tokens, tokens) weights, [cls] first) ----------
 def cls_attention(weights: torch.Tensor) -> torch.Tensor:
-    """The [cls] query's attention over the patches: (batch, heads, patches) (sums to <= 1: [cls] itself is left out)."""
+    """The [cls] query's attention over the patches: (batch, heads, patches); sums to <= 1 ([cls] itself left out)."""
     return weights[:, :, 0, 1:]
 
 
