@@ -72,6 +72,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.limit_test_batches": (_fraction_or_count, "a fraction in [0, 1] or a number of batches"),
     "callbacks.periodic_checkpoint.every_n_train_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "callbacks.finite_loss.check_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    # inspection callbacks (lightning_modules/callbacks/inspection.py, text_samples.py)
+    "callbacks.attention_inspection.every_n_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.attention_inspection.num_images": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.class_inspection.every_n_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.class_inspection.num_misclassified": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "callbacks.text_samples.every_n_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.text_samples.max_tokens": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "callbacks.text_samples.temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: greedy)"),
+    "callbacks.text_samples.top_k": (lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null for all tokens"),
 }
 
 # settings naming a file or folder that must exist (null: not used)

@@ -4,6 +4,8 @@
 - :mod:`.timing`      -- epoch wall-clock and peak memory (EpochTimer)
 - :mod:`.divergence`  -- stop at the first NaN/inf loss (FiniteLossGuard)
 - :mod:`.resume`      -- RNG and in-epoch metric states in checkpoints (ResumeState)
+- :mod:`.inspection`  -- ViT attention maps / statistics and confusion matrix (AttentionInspection, ClassInspection)
+- :mod:`.text_samples` -- LSTM text samples in TensorBoard (TextSamples)
 """
 
 from lightning_modules.callbacks.divergence import FiniteLossGuard

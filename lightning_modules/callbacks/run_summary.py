@@ -148,6 +148,11 @@ class RunSummary(pl.Callback):
             self.history[:] = restored
             self._restored_history = None
 
+    def record(self, key: str, value: Any) -> None:
+        """Add (or replace) a top-level entry of ``metrics.json``, written with the next write; for
+        other callbacks' results (e.g. ``per_class`` from ``inspection.ClassInspection``)."""
+        self.summary[key] = value
+
     # -- output ----------------------------------------------------------------------------
     def fail(self, exception: BaseException, status: str | None = None) -> None:
         """Record a failure (idempotent: the first error wins) and write the file."""

@@ -1,0 +1,425 @@
+"""Looking inside the ViT at the end of validation (every N epochs): what it attends to, which
+classes it confuses. Two callbacks, each one switch in ``conf/callbacks/default.yaml``:
+
+* :class:`AttentionInspection` -- on a fixed batch of a few validation images (the first ones of
+  the first validation batch), one extra forward with ``return_attention=True`` (so runs with
+  ``model.attention=sdpa`` keep their fused path for everything else):
+
+  - TensorBoard IMAGES ``attention/layers``: per image, the [cls] token's attention over the patches
+    in each layer (mean over heads), drawn over the image; ``attention/rollout``: the attention
+    rollout (Abnar & Zuidema 2020: per layer ``0.5 * mean_heads(A) + 0.5 * I``, rows renormalised,
+    multiplied through the layers) of [cls] over the patches; ``attention/layer<l>_heads`` per head
+    with ``per_head=true``;
+  - scalars ``attention_entropy/layer<l>`` and ``attention_distance/layer<l>`` (mean over heads) and
+    ``.../layer<l>_head<h>``: the entropy (nats) of each query's attention, and the mean attention
+    distance in pixels (ViT paper, fig. 7): for each patch query the expected distance between patch
+    centres under its attention over the patches ([cls] left out, weights renormalised).
+
+* :class:`ClassInspection` -- over the whole validation set, from the logits the validation step
+  computes anyway (a forward hook on the net during the epochs it acts on):
+
+  - IMAGES ``confusion/matrix``: torchmetrics' ``MulticlassConfusionMatrix`` (rows: true class);
+    ``confusion/misclassified``: the most confidently misclassified images with true and predicted labels;
+  - scalars ``val_class_acc/<class>``, and ``metrics.json``'s ``per_class`` (the last epoch's
+    per-class accuracy, counts and the matrix itself) through :meth:`RunSummary.record`.
+
+Both do nothing for models other than the ViT (the LSTM). Attention maps are drawn with torch alone;
+the confusion matrix and the mistakes with matplotlib (Agg, no display; without matplotlib they are
+skipped with one warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from lightning_modules.callbacks.run_summary import RunSummary
+from lightning_modules.nets.vit import VisionTransformer
+
+log = logging.getLogger(__name__)
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+# -- attention statistics (pure functions on (batch, heads, tokens, tokens) weights, [cls] first) ----------
+def cls_attention(weights: torch.Tensor) -> torch.Tensor:
+    """The [cls] query's attention over the patches: (batch, heads, patches); sums to <= 1 ([cls] itself left out)."""
+    return weights[:, :, 0, 1:]
+
+
+def attention_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each query's attention distribution, averaged over batch and queries: (heads,)."""
+    p = weights.double()
+    return -(p * p.clamp_min(1e-30).log()).sum(-1).mean(dim=(0, 2)).float()
+
+
+def patch_distances(grid: int, patch_size: int) -> torch.Tensor:
+    """(grid², grid²) pixel distances between the centres of the patches of a grid x grid image (row-major)."""
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).double() * patch_size
+    return torch.cdist(centres, centres)
+
+
+def mean_attention_distance(weights: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Expected pixel distance from each patch query to the patches it attends to ([cls] out, weights over
+    patches renormalised), averaged over batch and queries: (heads,)."""
+    patches = weights[:, :, 1:, 1:].double()
+    patches = patches / patches.sum(-1, keepdim=True).clamp_min(1e-30)
+    grid = math.isqrt(patches.shape[-1])
+    dist = patch_distances(grid, patch_size).to(patches.device)
+    return (patches * dist).sum(-1).mean(dim=(0, 2)).float()
+
+
+def attention_rollout(weights: list[torch.Tensor]) -> torch.Tensor:
+    """[cls]'s rolled-out attention over the patches, a distribution per image: (batch, patches), rows sum to 1.
+
+    Per layer ``A = 0.5 * mean_heads(W) + 0.5 * I`` (the residual path), rows renormalised; the product
+    ``A_L ... A_1``'s [cls] row without its [cls] entry, renormalised."""
+    rollout = None
+    for w in weights:
+        a = w.double().mean(dim=1)
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        a = a / a.sum(-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    cls = rollout[:, 0, 1:]
+    return (cls / cls.sum(-1, keepdim=True)).float()
+
+
+# -- drawing ---------------------------------------------------------------------------------------------
+def _display(images: torch.Tensor) -> np.ndarray:
+    """Normalised images (B, C, H, W) -> (B, H, W, C) in [0, 1], each stretched to its own range."""
+    x = images.detach().float().cpu()
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return ((x - lo) / (hi - lo).clamp_min(1e-8)).permute(0, 2, 3, 1).numpy()
+
+
+def heat_colors(x: torch.Tensor) -> torch.Tensor:
+    """Values in [0, 1] (..., H, W) -> a black-red-yellow-white heat map (..., 3, H, W)."""
+    return torch.stack([(3 * x).clamp(0, 1), (3 * x - 1).clamp(0, 1), (3 * x - 2).clamp(0, 1)], dim=-3)
+
+
+def overlay_grid(images: torch.Tensor, maps: list[torch.Tensor], scale: int = 4, alpha: float = 0.6) -> torch.Tensor:
+    """A (3, H, W) picture in [0, 1], drawn with torch alone (milliseconds, no matplotlib): one row per
+    image, its columns the image then each map ((batch, patches) tensors) over it, each map stretched to
+    its own range and upsampled bilinearly over the patches."""
+    pictures = torch.from_numpy(_display(images)).permute(0, 3, 1, 2)  # (B, 3, H, W)
+    size = pictures.shape[-1]
+    cells = [pictures]
+    for m in maps:
+        m = m.detach().float().cpu()
+        grid = math.isqrt(m.shape[-1])
+        m = m.reshape(-1, 1, grid, grid)
+        lo, hi = m.amin(dim=(2, 3), keepdim=True), m.amax(dim=(2, 3), keepdim=True)
+        m = torch.nn.functional.interpolate((m - lo) / (hi - lo).clamp_min(1e-12), size=(size, size),
+                                            mode="bilinear", align_corners=False)[:, 0]
+        cells.append((1 - alpha) * pictures + alpha * heat_colors(m.clamp(0, 1)))
+    return tile_grid(torch.stack(cells, dim=1).flatten(0, 1), len(cells), scale)
+
+
+def tile_grid(tiles: torch.Tensor, cols: int, scale: int = 1, pad: int = 1) -> torch.Tensor:
+    """(n, 3, H, W) -> one (3, rows x (H*scale + 2 pad), cols x (W*scale + 2 pad)) picture, row-major, white lines
+    between tiles (one reshape: no per-tile copies)."""
+    n = tiles.shape[0]
+    rows = -(-n // cols)
+    if rows * cols > n:
+        tiles = torch.cat([tiles, tiles.new_ones((rows * cols - n, *tiles.shape[1:]))])
+    tiles = tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    tiles = torch.nn.functional.pad(tiles, (pad, pad, pad, pad), value=1.0)
+    h, w = tiles.shape[-2:]
+    return tiles.reshape(rows, cols, 3, h, w).permute(2, 0, 3, 1, 4).reshape(3, rows * h, cols * w).contiguous()
+
+
+def _figure(rows: int, cols: int, cell: float = 1.3):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(cols * cell, rows * cell + 0.3), dpi=80)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def render(fig, tight: bool = True) -> np.ndarray:
+    """A matplotlib figure -> (H, W, 3) uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    if tight:
+        fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def draw_maps(images: torch.Tensor, maps: list[torch.Tensor], titles: list[str]) -> np.ndarray:
+    """Each image (rows) beside each heat map (columns; (batch, patches) tensors) drawn over it."""
+    pictures = _display(images)
+    size = pictures.shape[1]
+    fig, axes = _figure(len(pictures), len(maps) + 1)
+    for i, picture in enumerate(pictures):
+        axes[i, 0].imshow(picture)
+        for j, m in enumerate(maps):
+            grid = math.isqrt(m.shape[-1])
+            heat = m[i].detach().float().cpu().reshape(grid, grid).numpy()
+            axes[i, j + 1].imshow(picture)
+            axes[i, j + 1].imshow(heat, cmap="inferno", alpha=0.6, extent=(0, size, size, 0), interpolation="bilinear")
+    axes[0, 0].set_title("image", fontsize=8)
+    for j, title in enumerate(titles):
+        axes[0, j + 1].set_title(title, fontsize=8)
+    return render(fig)
+
+
+def draw_confusion(matrix: torch.Tensor, names: list[str]) -> np.ndarray:
+    from matplotlib.figure import Figure
+
+    m = matrix.detach().cpu().numpy()
+    n = len(names)
+    fig = Figure(figsize=(1.6 + 0.5 * n, 1.6 + 0.5 * n), dpi=80)
+    margin = 1.5 / (1.6 + 0.5 * n)  # room for the class names (no tight_layout: it costs more than the drawing)
+    ax = fig.add_axes((margin, margin, 0.97 - margin, 0.93 - margin))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = m.max() if m.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if m[i, j] > top / 2 else "black")
+    acc = np.trace(m) / max(m.sum(), 1)
+    ax.set_title(f"validation: {int(m.sum())} images, accuracy {acc:.3f}", fontsize=9)
+    return render(fig, tight=False)
+
+
+def draw_misclassified(images: torch.Tensor, true: list[str], pred: list[str], conf: list[float]) -> np.ndarray:
+    """The images in a grid (one matplotlib axes: fast) captioned ``true -> predicted`` and the confidence."""
+    from matplotlib.figure import Figure
+
+    cols, scale, pad = min(8, max(len(images), 1)), 3, 12
+    pictures = torch.from_numpy(_display(images)).permute(0, 3, 1, 2)
+    grid = tile_grid(pictures, cols, scale, pad).permute(1, 2, 0).numpy()
+    tile = pictures.shape[-1] * scale + 2 * pad
+    fig = Figure(figsize=(grid.shape[1] / 80, grid.shape[0] / 80), dpi=80)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_axis_off()
+    for k in range(len(images)):
+        x, y = (k % cols) * tile + tile / 2, (k // cols) * tile + pad - 2
+        ax.text(x, y, f"{true[k]} -> {pred[k]} {conf[k]:.2f}", ha="center", va="bottom", fontsize=7)
+    return render(fig, tight=False)
+
+
+class ValidationEndCallback(pl.Callback):
+    """A callback acting only around validation: Lightning skips a hook that is not callable
+    (``trainer/call.py``: ``if callable(fn)``), so the per-training-step hooks are ``None`` here and
+    a training step costs no dispatch at all for it (no call, no profiler context; about 4 us per hook
+    and callback on a busy CPU otherwise, six hooks a step)."""
+
+    on_train_batch_start = None
+    on_before_backward = None
+    on_after_backward = None
+    on_before_optimizer_step = None
+    on_before_zero_grad = None
+    on_train_batch_end = None
+
+
+def _tensorboards(trainer: pl.Trainer):
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    if trainer.sanity_checking or every_n_epochs < 1:
+        return False
+    epoch = trainer.current_epoch + 1
+    last = trainer.max_epochs is not None and epoch == trainer.max_epochs
+    return epoch % every_n_epochs == 0 or last
+
+
+def _vit(pl_module: pl.LightningModule) -> VisionTransformer | None:
+    net = getattr(pl_module, "net", None)
+    return net if isinstance(net, VisionTransformer) else None
+
+
+_warned_matplotlib = False
+
+
+def _can_draw() -> bool:
+    global _warned_matplotlib
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        if not _warned_matplotlib:
+            log.warning("matplotlib is not installed: inspection images are skipped (scalars and metrics.json "
+                        "still written). pip install matplotlib to get them.")
+            _warned_matplotlib = True
+        return False
+    return True
+
+
+class AttentionInspection(ValidationEndCallback):
+    """Attention maps, rollout and statistics of a fixed batch of ``num_images`` validation images,
+    every ``every_n_epochs`` validation epochs (and the last); ``per_head`` adds one image per layer
+    with each head's map. Scalars (entropy, distance) are per layer and per head."""
+
+    def __init__(self, every_n_epochs: int = 1, num_images: int = 6, per_head: bool = False) -> None:
+        if every_n_epochs < 1 or num_images < 1:
+            raise ValueError("AttentionInspection: every_n_epochs and num_images must be >= 1")
+        self.every_n_epochs, self.num_images, self.per_head = every_n_epochs, num_images, per_head
+        self.images: torch.Tensor | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.images is None and batch_idx == 0 and dataloader_idx == 0 and _vit(pl_module) is not None:
+            self.images = batch[0][: self.num_images].detach().clone()
+
+    @torch.no_grad()
+    def inspect(self, net: VisionTransformer, images: torch.Tensor) -> dict:
+        """The batch's attention weights and statistics (what the callback logs)."""
+        was_training = net.training
+        net.eval()
+        try:
+            _, weights = net.forward(images, return_attention=True)  # explicit path, whatever model.attention is
+        finally:
+            net.train(was_training)
+        weights = [w.float() for w in weights]
+        return {
+            "weights": weights,
+            "cls": [cls_attention(w) for w in weights],
+            "rollout": attention_rollout(weights),
+            "entropy": [attention_entropy(w) for w in weights],
+            "distance": [mean_attention_distance(w, net.patch_size) for w in weights],
+        }
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        net = _vit(pl_module)
+        if net is None or self.images is None or not _due(trainer, self.every_n_epochs) or not trainer.is_global_zero:
+            return
+        writers = _tensorboards(trainer)
+        if not writers:
+            return
+        result = self.inspect(net, self.images.to(pl_module.device))
+        step = trainer.global_step
+        for writer in writers:
+            for layer, (ent, dist) in enumerate(zip(result["entropy"], result["distance"]), start=1):
+                writer.add_scalar(f"attention_entropy/layer{layer}", ent.mean().item(), step)
+                writer.add_scalar(f"attention_distance/layer{layer}", dist.mean().item(), step)
+                for head, (e, d) in enumerate(zip(ent.tolist(), dist.tolist()), start=1):
+                    writer.add_scalar(f"attention_entropy/layer{layer}_head{head}", e, step)
+                    writer.add_scalar(f"attention_distance/layer{layer}_head{head}", d, step)
+        # columns: the image, then layer 1 ... L (mean over heads) | the rollout | head 1 ... H
+        images = self.images
+        pictures = {
+            "attention/layers": overlay_grid(images, [c.mean(dim=1) for c in result["cls"]]),
+            "attention/rollout": overlay_grid(images, [result["rollout"]]),
+        }
+        if self.per_head:
+            for layer, c in enumerate(result["cls"], start=1):
+                pictures[f"attention/layer{layer}_heads"] = overlay_grid(images, list(c.unbind(dim=1)))
+        for writer in writers:
+            for tag, picture in pictures.items():
+                writer.add_image(tag, picture, step, dataformats="CHW")
+            writer.flush()
+
+
+class ClassInspection(ValidationEndCallback):
+    """Confusion matrix, per-class accuracy and the ``num_misclassified`` most confidently
+    misclassified images of the validation set, every ``every_n_epochs`` validation epochs (and the last)."""
+
+    def __init__(self, every_n_epochs: int = 1, num_misclassified: int = 16, class_names: list[str] | None = None
+                 ) -> None:
+        if every_n_epochs < 1 or num_misclassified < 0:
+            raise ValueError("ClassInspection: every_n_epochs must be >= 1 and num_misclassified >= 0")
+        self.every_n_epochs, self.num_misclassified = every_n_epochs, num_misclassified
+        self.class_names = list(class_names) if class_names else None
+        self.confusion: MulticlassConfusionMatrix | None = None
+        self._hook = None
+        self._logits: torch.Tensor | None = None
+        self._worst: tuple[torch.Tensor, ...] | None = None  # (confidence, images, true, predicted)
+
+    def names(self, trainer, num_classes: int) -> list[str]:
+        if self.class_names and len(self.class_names) == num_classes:
+            return self.class_names
+        classes = getattr(trainer.datamodule, "classes", None)
+        if classes is not None and len(classes) == num_classes:
+            return [str(c) for c in classes]
+        if type(trainer.datamodule).__name__ == "CIFAR10DataModule" and num_classes == 10:
+            return list(CIFAR10_CLASSES)
+        return [str(i) for i in range(num_classes)]
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        net = _vit(pl_module)
+        if net is None or not _due(trainer, self.every_n_epochs):
+            return
+        num_classes = int(pl_module.hparams.get("num_classes", 10))
+        if self.confusion is None or self.confusion.num_classes != num_classes:
+            self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.confusion = self.confusion.to(pl_module.device)
+        self.confusion.reset()
+        self._worst = None
+        self._hook = net.register_forward_hook(self._capture)
+
+    def _capture(self, module, args, output) -> None:
+        self._logits = output.detach() if isinstance(output, torch.Tensor) else None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._hook is None or self._logits is None:
+            return
+        logits, self._logits = self._logits, None
+        images, labels = batch[0], batch[1]
+        self.confusion.update(logits, labels)
+        if self.num_misclassified:
+            conf, pred = logits.float().softmax(-1).max(-1)
+            conf = conf.masked_fill(pred == labels, -1.0)  # only mistakes compete
+            candidates = (conf, images.detach(), labels, pred)
+            if self._worst is not None:
+                candidates = tuple(torch.cat([a, b]) for a, b in zip(self._worst, candidates))
+            top = candidates[0].topk(min(self.num_misclassified, len(candidates[0]))).indices
+            self._worst = tuple(t[top] for t in candidates)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._hook is None:
+            return
+        self._hook.remove()
+        self._hook, self._logits = None, None
+        matrix = self.confusion.compute().long().cpu()  # every process: synced under DDP
+        if not trainer.is_global_zero:
+            return
+        names = self.names(trainer, matrix.shape[0])
+        counts = matrix.sum(1)
+        acc = matrix.diag().double() / counts.clamp_min(1).double()
+        per_class = {
+            "epoch": trainer.current_epoch,
+            "val/acc": {n: (a if c else None) for n, a, c in zip(names, acc.tolist(), counts.tolist())},
+            "val/count": dict(zip(names, counts.tolist())),
+            "val/confusion": matrix.tolist(),  # rows: true class, columns: predicted
+        }
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunSummary):
+                callback.record("per_class", per_class)
+        writers = _tensorboards(trainer)
+        step = trainer.global_step
+        for writer in writers:
+            for name, a, c in zip(names, acc.tolist(), counts.tolist()):
+                if c:
+                    writer.add_scalar(f"val_class_acc/{name}", a, step)
+        if not writers or not _can_draw():
+            return
+        pictures = {"confusion/matrix": draw_confusion(matrix, names)}
+        if self._worst is not None:
+            conf, images, labels, pred = (t.cpu() for t in self._worst)
+            wrong = conf >= 0
+            if wrong.any():
+                pictures["confusion/misclassified"] = draw_misclassified(
+                    images[wrong], [names[i] for i in labels[wrong]], [names[i] for i in pred[wrong]],
+                    conf[wrong].tolist())
+        for writer in writers:
+            for tag, picture in pictures.items():
+                writer.add_image(tag, picture, step, dataformats="HWC")
+            writer.flush()
