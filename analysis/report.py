@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.figures import make_figures, save_figures
+from analysis.recipes import TITLES as BEYOND_TITLES, beyond_tables  # runs beyond the study
 from analysis.runs import completed, epoch_curves, load_runs, load_scalars
 from analysis.tables import all_tables, to_markdown
 
@@ -25,6 +26,7 @@ TITLES = {
     "table1": "Table 1: LSTM on WikiText-2 (loss, perplexity, train time in s)",
     "table2": "Table 2: ViT on CIFAR-10 (loss, accuracy, train time in s)",
     "table3": "Table 3: ViT memory (MB)",
+    **BEYOND_TITLES,
 }
 
 
@@ -45,7 +47,7 @@ def build_report(paths: str | Path | Iterable[str | Path]) -> Report:
     runs = load_runs(paths)
     done = completed(runs)
     curves = epoch_curves(load_scalars(done["run"])) if not done.empty else epoch_curves(pd.DataFrame())
-    return Report(runs=runs, curves=curves, tables=all_tables(runs))
+    return Report(runs=runs, curves=curves, tables={**all_tables(runs), **beyond_tables(runs)})
 
 
 def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path | None = None) -> Report:
