@@ -15,6 +15,10 @@ with the same distribution:
 
 Everything is a handful of batched tensor ops (no Python loop over images), so on a GPU a batch
 of 128 CIFAR-10 images costs microseconds instead of the CPU path's per-image work.
+
+Beyond the study: ``policy_transform`` (the per-image policies of ``data.augment``, CPU path) and
+``mix_batch`` / ``MixCollate`` (MixUp and CutMix of a whole batch with soft targets, seeded by the
+batch's augmentation seed; used by both the CPU loader and the device path).
 """
 
 from __future__ import annotations
