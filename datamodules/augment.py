@@ -16,7 +16,8 @@ with the same distribution:
 Everything is a handful of batched tensor ops (no Python loop over images), so on a GPU a batch
 of 128 CIFAR-10 images costs microseconds instead of the CPU path's per-image work.
 
-Beyond the study: ``policy_transform`` (the per-image policies of ``data.augment``, CPU path) and
+Beyond the study: ``policy_transform`` (the per-image policies of ``data.augment``, CPU path),
+``erase_batch`` (RandomErasing of a whole batch, the device path's ``data.random_erasing``) and
 ``mix_batch`` / ``MixCollate`` (MixUp and CutMix of a whole batch with soft targets, seeded by the
 batch's augmentation seed; used by both the CPU loader and the device path).
 """
@@ -151,6 +152,46 @@ def policy_transform(name: str):
     if name == "autoaugment":
         return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
     raise ValueError(f"data.augment={name!r}: must be null or one of {', '.join(POLICIES)}")
+
+
+ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing's defaults
+ERASE_RATIO = (0.3, 3.3)
+
+
+def erase_batch(
+    images: torch.Tensor,
+    p: float,
+    scale: tuple[float, float] = ERASE_SCALE,
+    ratio: tuple[float, float] = ERASE_RATIO,
+    value: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """RandomErasing of each image of a batch (B, C, H, W), as ``v2.RandomErasing(p, scale, ratio,
+    value)`` does image by image: with probability ``p``, the first of 10 boxes (area ~ U(scale) H W,
+    log aspect ~ U(log ratio), rounded like torchvision, strictly smaller than the image) is set to
+    ``value`` at a uniform position; images where no box fits are left as they are. Vectorised."""
+    n, _, height, width = images.shape
+    device = images.device
+    u = torch.rand(n, ATTEMPTS, 2, device=device, generator=generator)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    h = torch.round(torch.sqrt(area * aspect))
+    w = torch.round(torch.sqrt(area / aspect))
+    fits = (h < height) & (w < width)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    h = h.gather(1, first).squeeze(1).long()
+    w = w.gather(1, first).squeeze(1).long()
+    draws = torch.rand(n, 3, device=device, generator=generator)
+    erase = fits.any(dim=1) & (draws[:, 0] < p)
+    top = (draws[:, 1] * (height - h + 1)).floor().long().clamp_max(height - h)
+    left = (draws[:, 2] * (width - w + 1)).floor().long().clamp_max(width - w)
+    rows = torch.arange(height, device=device)[None, :]
+    cols = torch.arange(width, device=device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
+    mask = (in_rows[:, :, None] & in_cols[:, None, :]) & erase[:, None, None]
+    return images.masked_fill(mask[:, None], value)
 
 
 def mix_batch(

@@ -12,8 +12,9 @@ Options beyond the study (all off by default): ``augment`` (a per-image policy a
 crop: RandAugment, TrivialAugmentWide or AutoAugment's CIFAR-10 policy), ``random_erasing`` (its
 probability, per image, after normalisation), ``mixup`` / ``cutmix`` (Beta alphas; whole batches,
 soft targets). Per-image options draw from the image's own seed, batch mixing from the batch's
-first seed, so runs stay identical whatever ``num_workers``. With ``device_augment`` only MixUp and
-CutMix are available (the per-image policies and erasing are refused: they run image by image).
+first seed, so runs stay identical whatever ``num_workers``. With ``device_augment``, random
+erasing (``augment.erase_batch``, same distribution), MixUp and CutMix run on the device; the
+per-image policies are refused (they run image by image in the CPU loader).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from datamodules.augment import POLICIES, MixCollate, augment_batch, mix_batch, policy_transform
+from datamodules.augment import POLICIES, MixCollate, augment_batch, erase_batch, mix_batch, policy_transform
 from datamodules.sampling import make_loader
 from lmvit.distributed import warn_uneven_shards
 from lmvit.errors import DatasetError
@@ -190,11 +191,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if augment is not None and augment not in POLICIES:
             raise ValueError(f"data.augment={augment!r}: must be null or one of {', '.join(POLICIES)}")
-        if device_augment and (augment or random_erasing > 0):
-            option = f"data.augment={augment}" if augment else f"data.random_erasing={random_erasing}"
+        if device_augment and augment:
             raise ValueError(
-                f"{option} is not supported with data.device_augment=true (it runs image by image on "
-                "the CPU): set data.device_augment=false, or drop the option (mixup/cutmix work on the device)"
+                f"data.augment={augment} is not supported with data.device_augment=true (it runs image by "
+                "image on the CPU): set data.device_augment=false, or drop the option (random erasing, "
+                "mixup and cutmix work on the device)"
             )
         self.root = Path(data_dir).expanduser().resolve()
         self.folder = self.root / FOLDER
@@ -358,6 +359,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
             x = x.float().div_(255.0)
         mean, std = self._mean_std(x.device)
         x = x.sub_(mean).div_(std)
+        if batch["split"] == "train" and self.hparams.random_erasing > 0:
+            x = erase_batch(x, self.hparams.random_erasing, generator=generator)
         if batch["split"] == "train" and self.mixes:
             x, y = mix_batch(x, y, NUM_CLASSES, self.hparams.mixup, self.hparams.cutmix, batch["seed"])
         return x, y

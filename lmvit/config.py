@@ -65,7 +65,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 CIFAR10_TRAIN_IMAGES = 50_000
 # options of the CPU (per-image) augmentation path that data.device_augment=true refuses
-PER_IMAGE_ONLY = {"data.augment": lambda v: bool(v), "data.random_erasing": lambda v: _is_number(v) and v > 0}
+PER_IMAGE_ONLY = {"data.augment": lambda v: bool(v)}
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:

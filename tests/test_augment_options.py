@@ -112,9 +112,9 @@ def test_mix_collate_seeds_from_the_first_item():
     torch.testing.assert_close(t, et, rtol=0, atol=0)
 
 
-def test_device_path_mixes_batches_with_their_seed(data_dir):
+def test_device_path_erases_and_mixes_batches_with_their_seed(data_dir):
     dm = CIFAR10DataModule(str(data_dir), batch_size=8, num_workers=0, train_subset=32,
-                           device_augment=True, mixup=0.8, cutmix=1.0)
+                           device_augment=True, random_erasing=1.0, mixup=0.8, cutmix=1.0)
     dm.setup("fit")
     keys = next(iter(dm.train_dataloader()))
     x, t = dm.on_after_batch_transfer(keys, 0)
@@ -125,17 +125,50 @@ def test_device_path_mixes_batches_with_their_seed(data_dir):
     torch.testing.assert_close(x, x2, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("override,option", [("data.augment=autoaugment", "data.augment='autoaugment'"),
-                                             ("data.random_erasing=0.25", "data.random_erasing=0.25")])
-def test_device_augment_refuses_per_image_options_in_one_line(data_dir, override, option):
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
+def test_device_augment_refuses_per_image_policies_in_one_line(data_dir, policy):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data.data_dir={data_dir}", "data.device_augment=true", override])
+        cfg = compose("train", overrides=[f"data.data_dir={data_dir}", "data.device_augment=true", f"data.augment={policy}"])
     with pytest.raises(ConfigError) as info:
         validate(cfg)
     message = str(info.value)
-    assert message.startswith(option + " is not supported with data.device_augment=true") and "\n" not in message
-    # MixUp/CutMix are fine on the device path
-    validate(OmegaConf.merge(cfg, {"data": {"augment": None, "random_erasing": 0.0, "mixup": 0.8, "cutmix": 1.0}}))
+    assert message.startswith(f"data.augment='{policy}' is not supported with data.device_augment=true")
+    assert "\n" not in message
+    # random erasing, MixUp and CutMix are fine on the device path
+    validate(OmegaConf.merge(cfg, {"data": {"augment": None, "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0}}))
+
+
+def _boxes(erased: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image of a (N, 1, H, W) 0/1 erased mask: erased?, box area, box centre row."""
+    mask = erased[:, 0].bool()
+    rows = torch.arange(mask.shape[1], dtype=torch.float32)
+    area = mask.flatten(1).sum(1).float()
+    centre = (mask.any(2).float() * rows).sum(1) / mask.any(2).sum(1).clamp_min(1)
+    return area > 0, area, centre
+
+
+def test_device_random_erasing_matches_torchvision_distribution():
+    from torchvision.transforms import v2
+
+    from datamodules.augment import erase_batch
+
+    n, p = 4000, 0.5
+    ones = torch.ones(n, 1, 32, 32)
+    torch.manual_seed(0)
+    reference = v2.RandomErasing(p=p, value=0)
+    cpu = 1 - torch.stack([reference(x) for x in ones])
+    dev = 1 - erase_batch(ones, p, generator=torch.Generator().manual_seed(0))
+    (cpu_on, cpu_area, cpu_row), (dev_on, dev_area, dev_row) = _boxes(cpu), _boxes(dev)
+    assert abs(cpu_on.float().mean() - dev_on.float().mean()) < 0.03
+    assert abs(dev_on.float().mean() - p) < 0.03
+    assert_close_rel(dev_area[dev_on].mean(), cpu_area[cpu_on].mean(), rtol=0.05)
+    assert_close_rel(dev_row[dev_on].mean(), cpu_row[cpu_on].mean(), rtol=0.05)
+    # erased regions are rectangles
+    for mask in dev[dev_on][:50, 0].bool():
+        rows, cols = mask.any(1), mask.any(0)
+        assert mask.sum() == rows.sum() * cols.sum()
+    again = 1 - erase_batch(ones, p, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(dev, again)
 
 
 @pytest.mark.parametrize("key,value,allowed", [
