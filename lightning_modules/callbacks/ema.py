@@ -37,6 +37,10 @@ class EMA(pl.Callback):
 
     ``decay=null`` turns the callback off (no metric, no state): ``callbacks.ema.decay=0.9995``
     turns it on. The average's horizon is about ``1 / (1 - decay)`` optimizer steps.
+
+    Not Lightning's ``EMAWeightAveraging``: that callback swaps the average in for validation, so
+    the net's own ``val/acc`` would no longer be measured; here both are, side by side (and
+    ``monitor.metric=val/acc_ema`` picks the best checkpoint by the average's accuracy).
     """
 
     SUFFIX = "_ema"
