@@ -128,7 +128,8 @@ def test_device_path_erases_and_mixes_batches_with_their_seed(data_dir):
 @pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
 def test_device_augment_refuses_per_image_policies_in_one_line(data_dir, policy):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data.data_dir={data_dir}", "data.device_augment=true", f"data.augment={policy}"])
+        overrides = [f"data.data_dir={data_dir}", "data.device_augment=true", f"data.augment={policy}"]
+        cfg = compose("train", overrides=overrides)
     with pytest.raises(ConfigError) as info:
         validate(cfg)
     message = str(info.value)
