@@ -27,6 +27,8 @@ from analysis import lrgrid as lrgrid_md
 from analysis.figures import BAND, make_figures, save_figures
 from analysis.findings import Findings, check_findings
 from analysis.lrgrid import LrGrids, lr_grids
+from analysis.recipes import TITLES as BEYOND_TITLES  # runs beyond the study
+from analysis.recipes import beyond_tables
 from analysis.runs import completed, epoch_curves, load_runs, load_scalars
 from analysis.tables import all_tables, to_markdown
 
@@ -35,6 +37,7 @@ TITLES = {
     "table1": "Table 1: LSTM on WikiText-2 (loss, perplexity, train time in s)",
     "table2": "Table 2: ViT on CIFAR-10 (loss, accuracy, train time in s)",
     "table3": "Table 3: ViT memory (MB)",
+    **BEYOND_TITLES,
 }
 
 
@@ -57,8 +60,8 @@ def build_report(paths: str | Path | Iterable[str | Path]) -> Report:
     runs = load_runs(paths)
     done = completed(runs)
     curves = epoch_curves(load_scalars(done["run"])) if not done.empty else epoch_curves(pd.DataFrame())
-    return Report(runs=runs, curves=curves, tables=all_tables(runs), findings=check_findings(runs),
-                  lr_grids=lr_grids(runs))
+    return Report(runs=runs, curves=curves, tables={**all_tables(runs), **beyond_tables(runs)},
+                  findings=check_findings(runs), lr_grids=lr_grids(runs))
 
 
 def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path | None = None) -> Report:

@@ -15,12 +15,18 @@ with the same distribution:
 
 Everything is a handful of batched tensor ops (no Python loop over images), so on a GPU a batch
 of 128 CIFAR-10 images costs microseconds instead of the CPU path's per-image work.
+
+Beyond the study: ``policy_transform`` (the per-image policies of ``data.augment``, CPU path),
+``erase_batch`` (RandomErasing of a whole batch, the device path's ``data.random_erasing``) and
+``mix_batch`` / ``MixCollate`` (MixUp and CutMix of a whole batch with soft targets, seeded by the
+batch's augmentation seed; used by both the CPU loader and the device path).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before falling back
@@ -127,3 +133,118 @@ def augment_batch(
     top, left, h, w = sample_crop_boxes(n, height, width, scale, ratio, device, generator)
     out = resized_crop(images, top, left, h, w, size)
     return out.round_().div_(255.0)  # uint8 levels, as the CPU path's uint8 resize
+
+
+# -- options beyond the study ---------------------------------------------------------------------
+POLICIES = ("randaugment", "trivialaugment", "autoaugment")  # data.augment: per image, CPU path only
+
+
+def policy_transform(name: str):
+    """The per-image augmentation policy ``name`` (torchvision v2, on uint8 images):
+    ``randaugment`` (2 ops, magnitude 9), ``trivialaugment`` (TrivialAugmentWide) or
+    ``autoaugment`` (AutoAugment's CIFAR-10 policy)."""
+    from torchvision.transforms import v2
+
+    if name == "randaugment":
+        return v2.RandAugment()
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    raise ValueError(f"data.augment={name!r}: must be null or one of {', '.join(POLICIES)}")
+
+
+ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing's defaults
+ERASE_RATIO = (0.3, 3.3)
+
+
+def erase_batch(
+    images: torch.Tensor,
+    p: float,
+    scale: tuple[float, float] = ERASE_SCALE,
+    ratio: tuple[float, float] = ERASE_RATIO,
+    value: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """RandomErasing of each image of a batch (B, C, H, W), as ``v2.RandomErasing(p, scale, ratio,
+    value)`` does image by image: with probability ``p``, the first of 10 boxes (area ~ U(scale) H W,
+    log aspect ~ U(log ratio), rounded like torchvision, strictly smaller than the image) is set to
+    ``value`` at a uniform position; images where no box fits are left as they are. Vectorised."""
+    n, _, height, width = images.shape
+    device = images.device
+    u = torch.rand(n, ATTEMPTS, 2, device=device, generator=generator)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    h = torch.round(torch.sqrt(area * aspect))
+    w = torch.round(torch.sqrt(area / aspect))
+    fits = (h < height) & (w < width)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    h = h.gather(1, first).squeeze(1).long()
+    w = w.gather(1, first).squeeze(1).long()
+    draws = torch.rand(n, 3, device=device, generator=generator)
+    erase = fits.any(dim=1) & (draws[:, 0] < p)
+    top = (draws[:, 1] * (height - h + 1)).floor().long().clamp_max(height - h)
+    left = (draws[:, 2] * (width - w + 1)).floor().long().clamp_max(width - w)
+    rows = torch.arange(height, device=device)[None, :]
+    cols = torch.arange(width, device=device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
+    mask = (in_rows[:, :, None] & in_cols[:, None, :]) & erase[:, None, None]
+    return images.masked_fill(mask[:, None], value)
+
+
+def mix_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
+    seed: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp or CutMix of a whole batch: float images (B, C, H, W) and int labels (B,) -> mixed
+    images and soft targets (B, num_classes), each row a convex combination of two one-hot labels.
+
+    ``mixup`` and ``cutmix`` are the alphas of the Beta(alpha, alpha) mixing weight (0: off); with
+    both on, each batch uses one of them with probability 1/2 (as timm). Image ``i`` is mixed with
+    image ``i - 1`` (the batch rolled by one, as torchvision's ``v2.MixUp``). CutMix pastes a box
+    of area ``(1 - lam) H W`` centred uniformly (clipped at the borders) and its target weight is
+    the box's real area. Every draw comes from a NumPy generator seeded by ``seed`` (the batch's
+    augmentation seed): the same batch is mixed the same way on any device and worker layout.
+    """
+    if mixup <= 0 and cutmix <= 0:
+        raise ValueError("mix_batch needs mixup > 0 or cutmix > 0")
+    rng = np.random.default_rng(None if seed is None else [int(seed), 0x6D6978])  # own stream
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(rng.beta(alpha, alpha))
+    one_hot = torch.nn.functional.one_hot(labels.long(), num_classes).to(torch.float32)
+    partner = images.roll(1, 0)
+    if use_cutmix:
+        height, width = images.shape[-2:]
+        cut = math.sqrt(1.0 - lam)
+        cut_h, cut_w = int(height * cut), int(width * cut)
+        cy, cx = int(rng.integers(height)), int(rng.integers(width))
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+        images = images.clone()
+        images[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+    else:
+        images = images * lam + partner * (1.0 - lam)
+    targets = one_hot * lam + one_hot.roll(1, 0) * (1.0 - lam)
+    return images, targets
+
+
+class MixCollate:
+    """Collate of ``(image, label, augmentation seed)`` items that mixes the batch
+    (:func:`mix_batch`, seeded by the first item's seed); picklable for loader workers."""
+
+    def __init__(self, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0) -> None:
+        self.num_classes, self.mixup, self.cutmix = num_classes, mixup, cutmix
+
+    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([item[0] for item in items])
+        labels = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
+        seed = items[0][2] if len(items[0]) > 2 else None
+        return mix_batch(images, labels, self.num_classes, self.mixup, self.cutmix, seed)

@@ -7,6 +7,14 @@ loader's workers; or, with ``device_augment=True``, the images stay on the accel
 the loaders yield only keys (same seeded, resumable order): ``on_after_batch_transfer`` gathers
 each batch there, augments it as a whole (``datamodules.augment``: same distribution, drawn from a
 generator seeded by the batch's augmentation seed) and normalises it.
+
+Options beyond the study (all off by default): ``augment`` (a per-image policy after the flip and
+crop: RandAugment, TrivialAugmentWide or AutoAugment's CIFAR-10 policy), ``random_erasing`` (its
+probability, per image, after normalisation), ``mixup`` / ``cutmix`` (Beta alphas; whole batches,
+soft targets). Per-image options draw from the image's own seed, batch mixing from the batch's
+first seed, so runs stay identical whatever ``num_workers``. With ``device_augment``, random
+erasing (``augment.erase_batch``, same distribution), MixUp and CutMix run on the device; the
+per-image policies are refused (they run image by image in the CPU loader).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from datamodules.augment import augment_batch
+from datamodules.augment import POLICIES, MixCollate, augment_batch, erase_batch, mix_batch, policy_transform
 from datamodules.sampling import make_loader
 from lmvit.distributed import warn_uneven_shards
 from lmvit.errors import DatasetError
@@ -51,6 +59,7 @@ IMAGE_SIZE = 32
 CROP_SCALE = (0.8, 1.0)  # RandomResizedCrop of the study
 CROP_RATIO = (0.9, 1.1)
 IMAGES_PER_FILE = 10_000
+NUM_CLASSES = 10
 _MD5_CHECKED: set[Path] = set()  # folders already compared with the official release
 
 GET_IT = (
@@ -92,15 +101,19 @@ def load_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images.copy()), torch.from_numpy(labels)
 
 
-def train_transform() -> v2.Compose:
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(),
-            v2.RandomResizedCrop(IMAGE_SIZE, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(MEAN, STD),
-        ]
-    )
+def train_transform(augment: str | None = None, random_erasing: float = 0.0) -> v2.Compose:
+    """The study's flip + crop, then the optional policy ``augment`` (on uint8), normalisation and
+    the optional RandomErasing with probability ``random_erasing`` (erased pixels = 0, the mean)."""
+    steps = [
+        v2.RandomHorizontalFlip(),
+        v2.RandomResizedCrop(IMAGE_SIZE, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
+    ]
+    if augment:
+        steps.append(policy_transform(augment))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    if random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing, value=0))
+    return v2.Compose(steps)
 
 
 def eval_transform() -> v2.Compose:
@@ -109,10 +122,11 @@ def eval_transform() -> v2.Compose:
 
 class ImageTensorDataset(Dataset):
     """uint8 image tensors + labels. A key ``(index, seed)`` (from :class:`EpochShuffleSampler`)
-    draws the augmentation from ``seed``, so it is reproducible whatever the worker layout."""
+    draws the augmentation from ``seed``, so it is reproducible whatever the worker layout;
+    ``with_seed`` appends the seed to the item (for a collate that mixes the batch)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None, with_seed: bool = False) -> None:
+        self.images, self.labels, self.transform, self.with_seed = images, labels, transform, with_seed
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -127,6 +141,8 @@ class ImageTensorDataset(Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
                     image = self.transform(image)
+        if self.with_seed:
+            return image, self.labels[index], seed
         return image, self.labels[index]
 
 
@@ -166,9 +182,21 @@ class CIFAR10DataModule(pl.LightningDataModule):
         download: bool = True,
         pin_memory: bool = True,
         device_augment: bool = False,
+        augment: str | None = None,
+        random_erasing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if augment is not None and augment not in POLICIES:
+            raise ValueError(f"data.augment={augment!r}: must be null or one of {', '.join(POLICIES)}")
+        if device_augment and augment:
+            raise ValueError(
+                f"data.augment={augment} is not supported with data.device_augment=true (it runs image by "
+                "image on the CPU): set data.device_augment=false, or drop the option (random erasing, "
+                "mixup and cutmix work on the device)"
+            )
         self.root = Path(data_dir).expanduser().resolve()
         self.folder = self.root / FOLDER
         self.data_train = self.data_val = self.data_test = None
@@ -242,7 +270,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
             train_idx = self.train_indices
             if self.hparams.train_subset:
                 train_idx = train_idx[: self.hparams.train_subset]
-            self.data_train = ImageTensorDataset(images[train_idx], labels[train_idx], train_transform())
+            self.data_train = ImageTensorDataset(
+                images[train_idx], labels[train_idx],
+                train_transform(self.hparams.augment, self.hparams.random_erasing), with_seed=self.mixes,
+            )
             self.data_val = ImageTensorDataset(
                 images[self.val_indices], labels[self.val_indices], eval_transform()
             )
@@ -266,10 +297,17 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def _dataset(self, split: str) -> ImageTensorDataset:
         return {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]
 
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (MixUp and/or CutMix; soft targets)."""
+        return self.hparams.mixup > 0 or self.hparams.cutmix > 0
+
     def _loader(self, split: str) -> DataLoader:
         dataset, extra = self._dataset(split), {}
         if self.hparams.device_augment:  # keys only; images gathered and augmented on the device
             dataset, extra = IndexKeys(len(dataset)), {"collate_fn": partial(collate_keys, split)}
+        elif split == "train" and self.mixes:
+            extra = {"collate_fn": MixCollate(NUM_CLASSES, self.hparams.mixup, self.hparams.cutmix)}
         return make_loader(
             dataset,
             train=split == "train",
@@ -320,4 +358,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
         else:
             x = x.float().div_(255.0)
         mean, std = self._mean_std(x.device)
-        return x.sub_(mean).div_(std), y
+        x = x.sub_(mean).div_(std)
+        if batch["split"] == "train" and self.hparams.random_erasing > 0:
+            x = erase_batch(x, self.hparams.random_erasing, generator=generator)
+        if batch["split"] == "train" and self.mixes:
+            x, y = mix_batch(x, y, NUM_CLASSES, self.hparams.mixup, self.hparams.cutmix, batch["seed"])
+        return x, y

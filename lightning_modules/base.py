@@ -58,17 +58,31 @@ class StudyModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.compile_net = compile
         self.metrics: dict[str, dict[str, Metric]] = {stage: {} for stage in STAGES}
+        self.metric_factories: dict[str, Callable[[], Metric]] = {}
 
     def add_metric(self, name: str, factory: Callable[[], Metric]) -> None:
         """One ``factory()`` metric per stage, a submodule ``<stage>_<name>`` (so it follows the
         module's device), logged as ``<stage>/<name>`` at the end of each epoch."""
+        self.metric_factories[name] = factory
         for stage in STAGES:
             metric = factory()
             self.add_module(f"{stage}_{name}", metric)
             self.metrics[stage][name] = metric
 
-    def step(self, batch, stage: str) -> torch.Tensor:
-        """The batch's loss; updates ``self.metrics[stage]``."""
+    def add_shadow_metrics(self, suffix: str, stages: tuple[str, ...] = ("val",)) -> None:
+        """A copy ``<name><suffix>`` of each metric of ``stages``, logged as ``<stage>/<name><suffix>``,
+        for a second copy of the net evaluated by ``step(batch, stage, net=copy, suffix=suffix)``
+        (e.g. the EMA callback's ``val/acc_ema``). Idempotent."""
+        for stage in stages:
+            for name, factory in self.metric_factories.items():
+                if name + suffix not in self.metrics[stage]:
+                    metric = factory()
+                    self.add_module(f"{stage}_{name}{suffix}", metric)
+                    self.metrics[stage][name + suffix] = metric
+
+    def step(self, batch, stage: str, net: nn.Module | None = None, suffix: str = "") -> torch.Tensor:
+        """The batch's loss by ``net`` (default ``self.net``); updates ``self.metrics[stage]``'s
+        metrics ``<name><suffix>``."""
         raise NotImplementedError
 
     def _logged_step(self, batch, stage: str) -> torch.Tensor:

@@ -81,10 +81,12 @@ class LanguageModel(StudyModule):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.net(tokens)
 
-    def step(self, batch, stage: str) -> torch.Tensor:
+    def step(self, batch, stage: str, net=None, suffix: str = "") -> torch.Tensor:
+        """Masked mean NLL of ``batch`` by ``net`` (default: ``self.net``), updating the stage's
+        metrics ``<name><suffix>``."""
         source, target, mask = batch
-        total, count = masked_nll(self.net(source), target, mask)
+        total, count = masked_nll((self.net if net is None else net)(source), target, mask)
         loss = total / count.clamp_min(1)
-        self.metrics[stage]["loss"].update(loss.detach(), weight=count)
-        self.metrics[stage]["ppl"].update(loss.detach(), weight=count)
+        self.metrics[stage]["loss" + suffix].update(loss.detach(), weight=count)
+        self.metrics[stage]["ppl" + suffix].update(loss.detach(), weight=count)
         return loss

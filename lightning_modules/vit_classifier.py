@@ -14,7 +14,8 @@ class ViTClassifier(StudyModule):
     """Cross-entropy + accuracy around a plain :class:`VisionTransformer`.
 
     Every keyword not listed here is passed to the net (``embed_dim``, ``num_layers``, ``norm``, ...),
-    so ``model.<name>`` in the config is the net's own argument.
+    so ``model.<name>`` in the config is the net's own argument. ``label_smoothing`` smooths the
+    training loss's targets (``F.cross_entropy(label_smoothing=...)``); 0 in the study.
     """
 
     def __init__(
@@ -23,10 +24,14 @@ class ViTClassifier(StudyModule):
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
         num_classes: int = 10,
+        label_smoothing: float = 0.0,
         **net_kwargs,
     ) -> None:
         super().__init__(optimizer, scheduler, compile)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing={label_smoothing}: must be a number in [0, 1)")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.label_smoothing = label_smoothing
         self.net = VisionTransformer(num_classes=num_classes, **net_kwargs)
         self.add_metric("loss", WeightedMean)  # no device sync per update (see metrics.py)
         self.add_metric("acc", lambda: MulticlassAccuracy(num_classes, average="micro"))
@@ -34,10 +39,20 @@ class ViTClassifier(StudyModule):
     def forward(self, images):
         return self.net(images)
 
-    def step(self, batch, stage: str):
-        images, labels = batch
-        logits = self.net(images)
-        loss = F.cross_entropy(logits, labels)
-        self.metrics[stage]["loss"].update(loss.detach(), weight=labels.numel())
-        self.metrics[stage]["acc"].update(logits.detach(), labels)
+    def step(self, batch, stage: str, net=None, suffix: str = ""):
+        """Loss of ``batch`` by ``net`` (default: ``self.net``), updating the stage's metrics
+        ``<name><suffix>`` (``suffix="_ema"``: the EMA callback's copy of the net).
+
+        Targets are class ids, or (MixUp/CutMix) soft targets (B, classes) whose accuracy counts
+        the dominant class. Training applies ``label_smoothing``; validation and test report the
+        plain cross-entropy, comparable across recipes and with the study.
+        """
+        images, targets = batch
+        logits = (self.net if net is None else net)(images)
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+        labels = targets.argmax(dim=-1) if targets.is_floating_point() else targets
+        metrics = self.metrics[stage]
+        metrics["loss" + suffix].update(loss.detach(), weight=labels.numel())
+        metrics["acc" + suffix].update(logits.detach(), labels)
         return loss

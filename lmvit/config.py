@@ -17,10 +17,12 @@ import rich.tree
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from datamodules.augment import POLICIES as AUGMENT_POLICIES
 from datamodules.tokenizers import TOKENIZERS
 from lightning_modules.nets.attention import IMPLEMENTATIONS
 from lightning_modules.nets.vit import NORMS
 from lmvit.errors import ConfigError
+
 
 
 def _is_int(v: Any) -> bool:
@@ -55,6 +57,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.drop_path": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "model.norm": _one_of(NORMS),
     "model.attention": _one_of(IMPLEMENTATIONS),
+    "model.label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "model.embedding_dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "model.output_dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "data.augment": (lambda v: v in AUGMENT_POLICIES, "null or one of " + ", ".join(AUGMENT_POLICIES)),  # noqa: E501
+    "data.random_erasing": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "data.mixup": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (a Beta alpha; 0 = off)"),
+    "data.cutmix": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (a Beta alpha; 0 = off)"),
+    "callbacks.ema.decay": (lambda v: _is_number(v) and 0 < v < 1, "null (off) or a number in (0, 1)"),
     "model.embedding_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "model.hidden_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -88,6 +98,8 @@ FILES = ("model.embeddings_path",)
 FOLDERS = ("data.tokenizer_dir",)
 
 CIFAR10_TRAIN_IMAGES = 50_000
+# options of the CPU (per-image) augmentation path that data.device_augment=true refuses
+PER_IMAGE_ONLY = {"data.augment": lambda v: bool(v)}
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -136,6 +148,14 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
     target = str(data.get("_target_", ""))
     if target.endswith("CIFAR10DataModule") and data.get("val_size", 0) >= CIFAR10_TRAIN_IMAGES:
         _fail("data.val_size", data.val_size, f"smaller than the {CIFAR10_TRAIN_IMAGES} training images")
+    if data.get("device_augment"):
+        for key, on in PER_IMAGE_ONLY.items():
+            value = OmegaConf.select(cfg, key, default=None)
+            if value is not None and on(value):
+                raise ConfigError(
+                    f"{key}={value!r} is not supported with data.device_augment=true (it runs image by "
+                    f"image in the CPU loader): set data.device_augment=false or drop {key}."
+                )
     if "data_dir" in data:
         path = Path(str(data.data_dir)).expanduser()
         if not path.is_dir():

@@ -36,13 +36,13 @@ def comparable(metrics: dict) -> dict:
 
 @pytest.mark.slow
 def test_run_killed_mid_epoch_and_resumed_matches_uninterrupted_run(tmp_path, data_dir):
-    every = "callbacks.periodic_checkpoint.every_n_train_steps=4"
-    run_train(*SMALL, every, "data.num_workers=0", log_dir=tmp_path / "a", data_dir=data_dir)
+    every = ("callbacks.periodic_checkpoint.every_n_train_steps=4", "callbacks.ema.decay=0.9")  # EMA resumes too
+    run_train(*SMALL, *every, "data.num_workers=0", log_dir=tmp_path / "a", data_dir=data_dir)
     (uninterrupted,) = find_runs(tmp_path / "a")
 
     # step 17 is batch 7 of epoch 2; the last checkpoint on disk is step 16 (mid-epoch)
     kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=17"]
-    proc = run_train(*SMALL, every, "data.num_workers=2", *kill, log_dir=tmp_path / "b",
+    proc = run_train(*SMALL, *every, "data.num_workers=2", *kill, log_dir=tmp_path / "b",
                      data_dir=data_dir, check=False)
     assert proc.returncode == -9, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "b" / "vit" / "runs").iterdir()
@@ -62,6 +62,10 @@ def test_run_killed_mid_epoch_and_resumed_matches_uninterrupted_run(tmp_path, da
     assert resumed["status"] == "completed"
     assert "+callbacks.kill.step=17" in resumed["overrides"]  # the run's own overrides
     assert comparable(resumed) == comparable(load_metrics(uninterrupted))
+    assert "val/acc_ema" in resumed["history"][-1]
+    from lightning_modules.callbacks.ema import EMA
+    ema_a, ema_b = (EMA.net_state_dict(r / "checkpoints" / "last.ckpt") for r in (uninterrupted, run_dir))
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
     assert list((run_dir / "resumes").iterdir())  # Hydra's files of the resumed session
     # the resumed session appends to the same TensorBoard run
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()

@@ -6,11 +6,13 @@
 - :mod:`.resume`      -- RNG and in-epoch metric states in checkpoints (ResumeState)
 - :mod:`.inspection`  -- ViT attention maps / statistics and confusion matrix (AttentionInspection, ClassInspection)
 - :mod:`.text_samples` -- LSTM text samples in TensorBoard (TextSamples)
+- :mod:`.ema`         -- an EMA of the weights, validated as ``val/<metric>_ema`` (EMA)
 """
 
 from lightning_modules.callbacks.divergence import FiniteLossGuard
+from lightning_modules.callbacks.ema import EMA
 from lightning_modules.callbacks.resume import ResumeState
 from lightning_modules.callbacks.run_summary import RunSummary
 from lightning_modules.callbacks.timing import EpochTimer
 
-__all__ = ["EpochTimer", "FiniteLossGuard", "ResumeState", "RunSummary"]
+__all__ = ["EMA", "EpochTimer", "FiniteLossGuard", "ResumeState", "RunSummary"]

@@ -3,6 +3,9 @@
 tokens -> Embedding(vocab, E) -> LSTM(E, H, num_layers, batch_first) -> Linear(H, E) -> ReLU
 -> Linear(E, vocab, no bias) whose weight *is* the embedding matrix (tied).
 
+Optional dropout on the embeddings and on the LSTM's outputs (``embedding_dropout``,
+``output_dropout``; 0 in the study, where the model has none) fights its overfitting.
+
 Each forward starts from a zero hidden state, as in the study. With ``E=768, H=512`` and one
 layer the net has 3,019,520 parameters besides the (tied) embedding matrix.
 """
@@ -50,6 +53,8 @@ class LSTMLanguageModel(nn.Module):
         embeddings_path: optional ``.npz`` file whose ``tokens`` array (vocab_size x E) initialises
             the embedding matrix.
         freeze_embeddings: keep the embedding matrix (hence the tied output layer) fixed.
+        embedding_dropout: dropout probability on the token embeddings entering the LSTM.
+        output_dropout: dropout probability on the LSTM's outputs, before the projection.
     """
 
     def __init__(
@@ -60,11 +65,18 @@ class LSTMLanguageModel(nn.Module):
         num_layers: int = 1,
         embeddings_path: str | None = None,
         freeze_embeddings: bool = False,
+        embedding_dropout: float = 0.0,
+        output_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        for name, p in (("embedding_dropout", embedding_dropout), ("output_dropout", output_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"model.{name}={p}: must be a number in [0, 1)")
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.lstm = nn.LSTM(embedding_size, hidden_size, num_layers=num_layers, batch_first=True)
+        self.output_dropout = nn.Dropout(output_dropout)
         self.projection = nn.Sequential(nn.Linear(hidden_size, embedding_size), nn.ReLU())
         self.classifier = nn.Linear(embedding_size, vocab_size, bias=False)
         self.classifier.weight = self.embedding.weight  # tied: one Parameter, one storage
@@ -83,5 +95,5 @@ class LSTMLanguageModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) int ids -> (B, T, vocab) logits; the hidden state starts at zero."""
-        hidden, _ = self.lstm(self.embedding(tokens))
-        return self.classifier(self.projection(hidden))
+        hidden, _ = self.lstm(self.embedding_dropout(self.embedding(tokens)))
+        return self.classifier(self.projection(self.output_dropout(hidden)))
