@@ -23,9 +23,10 @@ class ViTClassifier(StudyModule):
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
         num_classes: int = 10,
+        no_weight_decay: bool = False,
         **net_kwargs,
     ) -> None:
-        super().__init__(optimizer, scheduler, compile)
+        super().__init__(optimizer, scheduler, compile, no_weight_decay)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = VisionTransformer(num_classes=num_classes, **net_kwargs)
         self.add_metric("loss", WeightedMean)  # no device sync per update (see metrics.py)

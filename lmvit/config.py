@@ -6,6 +6,7 @@ readable line naming the setting, the value and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import rich
 import rich.syntax
 import rich.tree
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 
@@ -28,11 +29,31 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_pair(v: Any, ok: Callable[[Any], bool]) -> bool:
+    return isinstance(v, (ListConfig, list, tuple)) and len(v) == 2 and all(ok(b) for b in v)
+
+
+def _is_betas(v: Any) -> bool:
+    return _is_pair(v, lambda b: _is_number(b) and 0 <= b < 1)
+
+
+def _is_eps(v: Any) -> bool:  # a number, or Adafactor's pair (eps1 or null, eps2)
+    return _is_number(v) and v > 0 or _is_pair(v, lambda b: b is None or _is_number(b) and b > 0)
+
+
 # setting -> (test, what is allowed); a setting absent from the config is not checked
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.lr_scale": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "optimizer.betas": (_is_betas, "two numbers in [0, 1), e.g. [0.9,0.999]"),
+    "optimizer.eps": (_is_eps, "a number > 0 (Adafactor: a pair [null or a number > 0, a number > 0])"),
+    "optimizer.warmup_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "optimizer.ns_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "optimizer.adjust_lr_fn": (lambda v: v in ("original", "match_rms_adamw"), "original or match_rms_adamw"),
+    "optimizer.precondition_frequency": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "model.no_weight_decay": (lambda v: isinstance(v, bool), "true or false"),
     "model.num_layers": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "model.num_heads": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "model.embed_dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -70,6 +91,7 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and not ok(value):
             _fail(key, value, allowed)
 
+    _check_optimizer_package(cfg)
     model = cfg.get("model") or {}
     if "embed_dim" in model and "num_heads" in model and model.embed_dim % model.num_heads:
         _fail("model.embed_dim", model.embed_dim, f"divisible by model.num_heads={model.num_heads}")
@@ -88,6 +110,21 @@ def validate(cfg: DictConfig) -> None:
                 "does not exist. Create it (missing datasets are downloaded into it) or point "
                 "data.data_dir / the DATA_DIR environment variable at your data folder."
             )
+
+
+def _check_optimizer_package(cfg: DictConfig) -> None:
+    """A third-party optimizer (conf/optimizer/lion.yaml, ...) whose package is missing: one line
+    naming the extra to install, before anything is built."""
+    from lightning_modules.optim import INSTALL_HINT, OPTIONAL_PACKAGES
+
+    target = str(OmegaConf.select(cfg, "optimizer._target_", default="") or "")
+    module = target.split(".")[0]
+    if module in OPTIONAL_PACKAGES and importlib.util.find_spec(module) is None:
+        choice = target.rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"Optimizer {choice} ({target}) needs the package {OPTIONAL_PACKAGES[module]}, which is not "
+            f"installed: {INSTALL_HINT} (the optim extra), or pick another optimizer=..."
+        )
 
 
 @rank_zero_only

@@ -52,6 +52,10 @@ class LSTMLanguageModel(nn.Module):
         freeze_embeddings: keep the embedding matrix (hence the tied output layer) fixed.
     """
 
+    # the tied input/output matrix: AdamW's, not Muon's, with optimizer=muon (lightning_modules/optim.py);
+    # the LSTM's weight_ih/weight_hh (4 gates stacked) and the projection are Muon's hidden matrices
+    input_output_modules = ("embedding", "classifier")
+
     def __init__(
         self,
         vocab_size: int,
