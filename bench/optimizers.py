@@ -7,7 +7,10 @@ lr_scale, Muon's split), and the variants alternate in one process (ABBA rounds,
 so a shared machine's drift lands on all alike. Two timings per variant and round:
 
 * ``step``: a whole training step (zero_grad, forward, backward, optimizer step): what a run feels;
-* ``opt``: the optimizer step alone (the gradients of the step above left in place).
+* ``opt``: the optimizer step alone, ``--opt-steps`` steps on fixed gradients per round (20: SOAP
+  refreshes its preconditioners every 10 steps, so its average includes them), in its own paired
+  rounds (``--opt-repeats``): a few milliseconds, so it can be measured far more steadily than
+  the whole step on a shared CPU.
 
 Memory is exact, not sampled: the bytes of every tensor in ``optimizer.state`` after ``--settle``
 steps (SOAP builds its preconditioners at its first step), relative to AdamW's (2 x the
@@ -58,6 +61,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--settle", type=int, default=2, help="steps before measuring the state's bytes")
     p.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
+    p.add_argument("--opt-steps", type=int, default=20, help="optimizer steps per opt-only measurement")
+    p.add_argument("--opt-repeats", type=int, default=5, help="paired rounds of the opt-only measurement")
     args = common.parse(p)
     device = torch.device(args.device)
 
@@ -82,7 +87,6 @@ def main() -> None:
         nets[name], optimizers[name] = net, optimizer
 
     step_no = {name: 0 for name in args.optimizers}
-    opt_seconds: dict[str, list[float]] = {name: [] for name in args.optimizers}
 
     def train_step(name: str) -> float:
         net, optimizer = nets[name], optimizers[name]
@@ -92,27 +96,27 @@ def main() -> None:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), y).backward()
-        common.synchronize(device)
-        mid = time.perf_counter()
         optimizer.step()
         common.synchronize(device)
-        end = time.perf_counter()
-        opt_seconds[name].append(end - mid)
-        return end - start
+        return time.perf_counter() - start
+
+    def opt_steps(name: str) -> float:  # the gradients of the last training step stay in place
+        return common.timed(optimizers[name].step, args.opt_steps, device)
 
     for name in args.optimizers:  # the state's bytes once settled (unmeasured steps)
         for _ in range(args.settle):
             train_step(name)
         memory[name] = state_bytes(optimizers[name])
-        opt_seconds[name].clear()
 
+    baseline = "adamw"
+    opt_samples = common.paired({name: (lambda n=name: opt_steps(n)) for name in args.optimizers},
+                                repeats=args.opt_repeats, warmup=1)
+    common.report("optimizers_opt_step", opt_samples, baseline=baseline, unit="s/optimizer step",
+                  out=args.out, device=args.device, opt_steps=args.opt_steps, params=params)
     samples = common.paired({name: (lambda n=name: train_step(n)) for name in args.optimizers},
                             repeats=args.repeats, warmup=args.warmup)
-    opt_only = {name: opt_seconds[name][-args.repeats:] for name in args.optimizers}
-    baseline = "adamw"
     common.report(
         "optimizers", samples, baseline=baseline, unit="s/step", out=args.out, device=args.device,
-        opt_step_median={k: common._round(sorted(v)[len(v) // 2]) for k, v in opt_only.items()},
         state_bytes=memory,
         state_ratio={k: round(v / memory[baseline], 3) for k, v in memory.items()},
         state_per_param={k: round(v / params / 4, 3) for k, v in memory.items()},

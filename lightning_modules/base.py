@@ -107,7 +107,10 @@ class StudyModule(pl.LightningModule):
         return count_parameters(self.net)
 
     def configure_callbacks(self):
-        # Schedule-Free's train/eval modes around evaluation and checkpoints (no-op for the others)
+        # Schedule-Free's train/eval modes around evaluation and checkpoints (no-op for the others);
+        # once per Trainer (test after fit would otherwise replace it, with a message)
+        if any(isinstance(c, OptimizerModes) for c in self.trainer.callbacks):
+            return []
         return [OptimizerModes()]
 
     def configure_optimizers(self):
