@@ -33,8 +33,19 @@ from hydra.utils import instantiate
 from lightning_modules.nets.vit import VisionTransformer
 from lightning_modules.optim import build_optimizer, has_modes
 
-OPTIMIZERS = ["adamw", "adam", "sgd", "momentum", "radam", "nadam", "adafactor", "muon", "lion",
-              "schedulefree_adamw", "soap"]
+OPTIMIZERS = [
+    "adamw",
+    "adam",
+    "sgd",
+    "momentum",
+    "radam",
+    "nadam",
+    "adafactor",
+    "muon",
+    "lion",
+    "schedulefree_adamw",
+    "soap",
+]
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -67,11 +78,25 @@ def main() -> None:
     device = torch.device(args.device)
 
     with initialize_config_dir(str(common.ROOT / "conf"), version_base="1.3"):
-        cfgs = {name: compose("train", overrides=[f"optimizer={name}", f"model.num_layers={args.layers}"])
-                for name in args.optimizers}
+        cfgs = {
+            name: compose("train", overrides=[f"optimizer={name}", f"model.num_layers={args.layers}"])
+            for name in args.optimizers
+        }
     model_cfg = cfgs[args.optimizers[0]].model
-    net_kwargs = {k: model_cfg[k] for k in ("image_size", "patch_size", "num_classes", "embed_dim",
-                                            "hidden_dim", "num_heads", "num_layers", "norm", "attention")}
+    net_kwargs = {
+        k: model_cfg[k]
+        for k in (
+            "image_size",
+            "patch_size",
+            "num_classes",
+            "embed_dim",
+            "hidden_dim",
+            "num_heads",
+            "num_layers",
+            "norm",
+            "attention",
+        )
+    }
     batch_size = cfgs[args.optimizers[0]].data.batch_size
     batches = [(x.to(device), y.to(device)) for x, y in common.cifar10_batches(2, batch_size)]
 
@@ -109,18 +134,35 @@ def main() -> None:
         memory[name] = state_bytes(optimizers[name])
 
     baseline = "adamw"
-    opt_samples = common.paired({name: (lambda n=name: opt_steps(n)) for name in args.optimizers},
-                                repeats=args.opt_repeats, warmup=1)
-    common.report("optimizers_opt_step", opt_samples, baseline=baseline, unit="s/optimizer step",
-                  out=args.out, device=args.device, opt_steps=args.opt_steps, params=params)
-    samples = common.paired({name: (lambda n=name: train_step(n)) for name in args.optimizers},
-                            repeats=args.repeats, warmup=args.warmup)
+    opt_samples = common.paired(
+        {name: (lambda n=name: opt_steps(n)) for name in args.optimizers}, repeats=args.opt_repeats, warmup=1
+    )
     common.report(
-        "optimizers", samples, baseline=baseline, unit="s/step", out=args.out, device=args.device,
+        "optimizers_opt_step",
+        opt_samples,
+        baseline=baseline,
+        unit="s/optimizer step",
+        out=args.out,
+        device=args.device,
+        opt_steps=args.opt_steps,
+        params=params,
+    )
+    samples = common.paired(
+        {name: (lambda n=name: train_step(n)) for name in args.optimizers}, repeats=args.repeats, warmup=args.warmup
+    )
+    common.report(
+        "optimizers",
+        samples,
+        baseline=baseline,
+        unit="s/step",
+        out=args.out,
+        device=args.device,
         state_bytes=memory,
         state_ratio={k: round(v / memory[baseline], 3) for k, v in memory.items()},
         state_per_param={k: round(v / params / 4, 3) for k, v in memory.items()},
-        params=params, layers=args.layers, batch_size=batch_size,
+        params=params,
+        layers=args.layers,
+        batch_size=batch_size,
     )
 
 

@@ -32,8 +32,11 @@ import torch
 from torch import nn
 
 # third-party optimizer packages -> the distribution to install (all in the `optim` extra)
-OPTIONAL_PACKAGES = {"lion_pytorch": "lion-pytorch", "schedulefree": "schedulefree",
-                     "pytorch_optimizer": "pytorch-optimizer"}
+OPTIONAL_PACKAGES = {
+    "lion_pytorch": "lion-pytorch",
+    "schedulefree": "schedulefree",
+    "pytorch_optimizer": "pytorch-optimizer",
+}
 INSTALL_HINT = "pip install -e '.[optim]'"
 
 
@@ -48,8 +51,9 @@ def _is_hidden_matrix(name: str, param: nn.Parameter, io_modules: tuple[str, ...
     return not any(name == m or name.startswith(m + ".") for m in io_modules)
 
 
-def param_groups(net: nn.Module, no_weight_decay: bool = False, split_hidden_matrices: bool = False
-                 ) -> list[dict[str, Any]]:
+def param_groups(
+    net: nn.Module, no_weight_decay: bool = False, split_hidden_matrices: bool = False
+) -> list[dict[str, Any]]:
     """The trainable parameters of ``net`` in groups, each parameter exactly once (tied ones once).
 
     With ``no_weight_decay`` the parameters that should not decay get a group with
@@ -85,8 +89,9 @@ def _plain(value: Any) -> Any:
     return tuple(_plain(v) for v in value)
 
 
-def build_optimizer(factory: Callable[..., torch.optim.Optimizer], net: nn.Module,
-                    no_weight_decay: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    factory: Callable[..., torch.optim.Optimizer], net: nn.Module, no_weight_decay: bool = False
+) -> torch.optim.Optimizer:
     """The optimizer of ``net`` from a config partial (``functools.partial(cls, lr=..., ...)``)
     or any callable taking parameter groups.
 
@@ -126,21 +131,45 @@ class MuonAdamW(torch.optim.Optimizer):
 
     split_hidden_matrices = True
 
-    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
-                 nesterov: bool = True, ns_steps: int = 5, adjust_lr_fn: str | None = "match_rms_adamw",
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = "match_rms_adamw",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
         groups = [dict(g) for g in params]
         if not groups or not all(isinstance(g, dict) and "use_muon" in g for g in groups):
-            raise ValueError("MuonAdamW takes parameter groups flagged with use_muon "
-                             "(lightning_modules.optim.param_groups(net, split_hidden_matrices=True))")
+            raise ValueError(
+                "MuonAdamW takes parameter groups flagged with use_muon "
+                "(lightning_modules.optim.param_groups(net, split_hidden_matrices=True))"
+            )
         muon_groups = [g for g in groups if g["use_muon"]]
         adamw_groups = [g for g in groups if not g["use_muon"]]
         # the parts own the group dicts; this optimizer lists the same dicts (schedulers, clipping)
-        self._muon = (torch.optim.Muon(muon_groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                       nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
-                      if muon_groups else None)
-        self._adamw = (torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-                       if adamw_groups else None)
+        self._muon = (
+            torch.optim.Muon(
+                muon_groups,
+                lr=lr,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                nesterov=nesterov,
+                ns_steps=ns_steps,
+                adjust_lr_fn=adjust_lr_fn,
+            )
+            if muon_groups
+            else None
+        )
+        self._adamw = (
+            torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+            if adamw_groups
+            else None
+        )
         super().__init__(muon_groups + adamw_groups, defaults={})
         self.defaults = {"lr": lr, "weight_decay": weight_decay}
         self._link()
@@ -176,8 +205,12 @@ class MuonAdamW(torch.optim.Optimizer):
 # -- optimizers with train/eval modes (Schedule-Free) --------------------------------------------
 def has_modes(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer`` has train/eval modes (Schedule-Free: ``train_mode`` in its groups)."""
-    return (callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
-            and bool(optimizer.param_groups) and "train_mode" in optimizer.param_groups[0])
+    return (
+        callable(getattr(optimizer, "train", None))
+        and callable(getattr(optimizer, "eval", None))
+        and bool(optimizer.param_groups)
+        and "train_mode" in optimizer.param_groups[0]
+    )
 
 
 def in_train_mode(optimizer: torch.optim.Optimizer) -> bool:

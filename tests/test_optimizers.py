@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.language_model import LanguageModel, masked_nll
-from lightning_modules.optim import MuonAdamW, build_optimizer, has_modes, in_train_mode, param_groups
+from lightning_modules.optim import MuonAdamW, has_modes, in_train_mode
 from lightning_modules.vit_classifier import ViTClassifier
 from lmvit.config import validate
 from lmvit.errors import ConfigError
@@ -34,7 +34,7 @@ def compose_with(*overrides):
         return compose("train", overrides=list(overrides))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def optimizer_factory(name: str, model: str = "vit"):
     """The Hydra partial of conf/optimizer/<name>.yaml with the model's learning rate."""
     return instantiate(compose_with(f"optimizer={name}", f"model={model}").optimizer)
@@ -65,8 +65,19 @@ def batch_loss(module, model: str, batch) -> torch.Tensor:
 
 
 def test_the_study_and_the_new_optimizers_are_all_configs():
-    assert set(OPTIMIZERS) == {"adam", "adamw", "sgd", "momentum", "radam", "nadam", "adafactor", "muon",
-                               "lion", "schedulefree_adamw", "soap"}
+    assert set(OPTIMIZERS) == {
+        "adam",
+        "adamw",
+        "sgd",
+        "momentum",
+        "radam",
+        "nadam",
+        "adafactor",
+        "muon",
+        "lion",
+        "schedulefree_adamw",
+        "soap",
+    }
 
 
 @pytest.mark.parametrize("model", ["vit", "lstm"])
@@ -94,8 +105,16 @@ def test_every_optimizer_config_lowers_the_loss_on_a_fixed_batch(name, model):
 
 
 def test_lr_scale_multiplies_the_models_learning_rate():
-    expected = {"lion": 0.3, "schedulefree_adamw": 2.5, "soap": 3.0, "adafactor": 10.0, "nadam": 2.0,
-                "radam": 1.0, "muon": 1.0, "adamw": 1.0}
+    expected = {
+        "lion": 0.3,
+        "schedulefree_adamw": 2.5,
+        "soap": 3.0,
+        "adafactor": 10.0,
+        "nadam": 2.0,
+        "radam": 1.0,
+        "muon": 1.0,
+        "adamw": 1.0,
+    }
     for name, scale in expected.items():
         for model, lr in (("vit", 3e-4), ("lstm", 1e-3)):
             optimizer = tiny(model, name).configure_optimizers()
@@ -142,8 +161,7 @@ def test_no_weight_decay_excludes_norms_biases_cls_and_pos_embed(name):
     assert len(listed) == len({id(p) for p in listed}) == len(list(module.parameters()))
     zero = _names(module, [p for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]])
     rest = _names(module, [p for g in optimizer.param_groups if g["weight_decay"] == decay for p in g["params"]])
-    expected_zero = {n for n, p in module.net.named_parameters()
-                     if p.ndim == 1 or n in ("cls_token", "pos_embed")}
+    expected_zero = {n for n, p in module.net.named_parameters() if p.ndim == 1 or n in ("cls_token", "pos_embed")}
     assert zero == expected_zero
     assert {"blocks.0.ln1.weight", "blocks.0.ln1.bias", "head.0.weight", "head.1.bias"} <= zero
     assert rest == {n for n, _ in module.net.named_parameters()} - expected_zero
@@ -231,10 +249,16 @@ def test_schedulefree_is_in_eval_mode_for_validation_test_and_every_checkpoint(t
     loader = functools.partial(DataLoader, data, batch_size=8)
     module = tiny("vit", "schedulefree_adamw")
     spy = ModeSpy()
-    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, save_last=True,
-                                  monitor=None)
-    trainer = pl.Trainer(max_epochs=2, val_check_interval=3, callbacks=[spy, checkpoints], logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, save_last=True, monitor=None)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        val_check_interval=3,
+        callbacks=[spy, checkpoints],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, train_dataloaders=loader(shuffle=True), val_dataloaders=loader())
     (optimizer,) = trainer.optimizers
     assert not in_train_mode(optimizer)  # fit ends on the evaluation weights
@@ -283,18 +307,28 @@ def test_a_missing_optional_package_names_the_extra_to_install(monkeypatch):
 
 # -- a Schedule-Free run killed mid-epoch and resumed ----------------------------------------------
 SMALL = [
-    "optimizer=schedulefree_adamw", "model.num_layers=1", "model.embed_dim=32", "model.hidden_dim=64",
-    "model.num_heads=2", "model.dropout=0.1", "data.train_subset=160", "data.batch_size=16",
-    "trainer.max_epochs=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-    "trainer.log_every_n_steps=1", "trainer.deterministic=true", "callbacks.progress_bar=null",
-    "callbacks.periodic_checkpoint.every_n_train_steps=4", "data.num_workers=0",
+    "optimizer=schedulefree_adamw",
+    "model.num_layers=1",
+    "model.embed_dim=32",
+    "model.hidden_dim=64",
+    "model.num_heads=2",
+    "model.dropout=0.1",
+    "data.train_subset=160",
+    "data.batch_size=16",
+    "trainer.max_epochs=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.deterministic=true",
+    "callbacks.progress_bar=null",
+    "callbacks.periodic_checkpoint.every_n_train_steps=4",
+    "data.num_workers=0",
 ]
 
 
 def comparable(metrics: dict) -> dict:
     """The numbers of a metrics.json that must not depend on timing."""
-    history = [{k: v for k, v in row.items() if not k.startswith(("time/", "memory/"))}
-               for row in metrics["history"]]
+    history = [{k: v for k, v in row.items() if not k.startswith(("time/", "memory/"))} for row in metrics["history"]]
     return {k: metrics[k] for k in ("final", "best", "test", "epochs")} | {"history": history}
 
 

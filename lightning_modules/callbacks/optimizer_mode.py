@@ -13,11 +13,12 @@ class OptimizerModes(pl.Callback):
     Schedule-Free keeps two points: training steps need the parameters at ``y`` (``train()``),
     evaluation and saved weights need the average ``x`` (``eval()``). This callback calls
     ``eval()`` before every validation (the sanity check too) and test, and ``train()`` before the
-    next training step (a flag check per step otherwise); it wraps ``trainer.save_checkpoint`` so that *every* checkpoint (epoch end,
-    every N steps, SLURM's requeue checkpoint, a manual save) is written in eval mode, then switches
-    back. A checkpoint therefore holds the evaluation weights (``load_from_checkpoint`` gives the
-    model to evaluate) and the optimizer in eval mode; a resumed run calls ``train()`` on it, the
-    same operation the uninterrupted run did right after saving, so it continues exactly.
+    next training step (a flag check per step otherwise); it wraps ``trainer.save_checkpoint`` so
+    that *every* checkpoint (epoch end, every N steps, SLURM's requeue checkpoint, a manual save)
+    is written in eval mode, then switches back. A checkpoint therefore holds the evaluation
+    weights (``load_from_checkpoint`` gives the model to evaluate) and the optimizer in eval mode;
+    a resumed run calls ``train()`` on it, the same operation the uninterrupted run did right after
+    saving (or before its next step), so it continues exactly.
     Fit ends in eval mode, so a test on the live model (no checkpoint) evaluates ``x`` too.
 
     Not optional: :meth:`StudyModule.configure_callbacks` adds it to every run.
