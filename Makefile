@@ -54,6 +54,7 @@ bench: install
 	$(PY) bench/trainer_overhead.py --case lstm --repeats 6 --out $(BENCH_OUT)
 	$(PY) bench/data_throughput.py --out $(BENCH_OUT)
 	$(PY) bench/memory.py --out $(BENCH_OUT)
+	$(PY) bench/optimizers.py --repeats 3 --out $(BENCH_OUT)
 
 ## make gpu-prep: what bench/gpu_check.sh needs on a GPU machine without network (.gpu/, .whl/)
 SHARED ?= ../shared

@@ -210,7 +210,7 @@ def describe_run(run: Path) -> dict[str, Any]:
         "norm": norm,
         "max_epochs": max_epochs,
         "seed": seed,
-        "lr": _get(config, "optimizer.lr"),
+        "lr": effective_lr(config),
         "train_subset": _get(config, "data.train_subset"),
         "limit_train_batches": _get(config, "trainer.limit_train_batches"),
         "monitor": _get(config, "monitor.metric"),
@@ -247,6 +247,16 @@ def _default_label(task, optimizer, num_layers, norm, run: Path) -> str:
     if optimizer:
         parts.append(OPTIMIZER_NAMES.get(optimizer, optimizer))
     return " ".join(parts)
+
+
+def effective_lr(config: dict) -> float | None:
+    """The learning rate the optimizer uses: ``optimizer.lr`` times the optimizer config's
+    ``lr_scale`` (Lion, Schedule-Free, ...: their usual lr relative to AdamW's; 1 when absent)."""
+    lr = _get(config, "optimizer.lr")
+    scale = _get(config, "optimizer.lr_scale")
+    if lr is None:
+        return None
+    return float(lr) * (float(scale) if scale is not None else 1.0)
 
 
 def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:

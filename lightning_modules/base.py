@@ -9,6 +9,9 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from lightning_modules.callbacks.optimizer_mode import OptimizerModes
+from lightning_modules.optim import build_optimizer
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STAGES = ("train", "val", "test")
@@ -31,6 +34,9 @@ class StudyModule(pl.LightningModule):
     checkpoints, so ``Module.load_from_checkpoint(path)`` alone gives a model to evaluate (pass
     ``optimizer=`` to train it further);
     ``scheduler`` an optional partial taking the optimizer and ``total_steps``.
+    Parameter groups (``no_weight_decay=True``: weight decay 0 for norms, biases and what the net
+    lists in ``no_weight_decay()``), ``lr_scale`` and Muon's split are made in
+    :func:`lightning_modules.optim.build_optimizer`.
     ``compile=True`` compiles the plain net with ``torch.compile`` (the LightningModule is not
     compiled); a string names the backend instead of the default ``inductor`` (e.g. ``aot_eager``:
     graph capture and autograd tracing without code generation, seconds instead of minutes on CPU).
@@ -43,6 +49,7 @@ class StudyModule(pl.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
+        no_weight_decay: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(compile, str):
@@ -57,6 +64,7 @@ class StudyModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.compile_net = compile
+        self.no_weight_decay = no_weight_decay
         self.metrics: dict[str, dict[str, Metric]] = {stage: {} for stage in STAGES}
         self.metric_factories: dict[str, Callable[[], Metric]] = {}
 
@@ -112,14 +120,24 @@ class StudyModule(pl.LightningModule):
     def parameter_counts(self) -> dict[str, int]:
         return count_parameters(self.net)
 
+    def configure_callbacks(self):
+        # Schedule-Free's train/eval modes around evaluation and checkpoints (no-op for the others);
+        # once per Trainer (test after fit would otherwise replace it, with a message)
+        if any(isinstance(c, OptimizerModes) for c in self.trainer.callbacks):
+            return []
+        return [OptimizerModes()]
+
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError(
                 f"{type(self).__name__} has no optimizer: it was loaded for evaluation. Pass one to "
                 "train it, e.g. load_from_checkpoint(path, optimizer=functools.partial(torch.optim.AdamW, lr=3e-4))."
             )
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = build_optimizer(self.optimizer_factory, self.net, self.no_weight_decay)
+        grouped = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in grouped]
+        if missing:  # a parameter outside self.net would silently never train
+            raise RuntimeError(f"parameters outside {type(self).__name__}.net are not optimized: {missing}")
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(

@@ -39,9 +39,10 @@ class LanguageModel(StudyModule):
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
         vocab_size: int | None = None,
+        no_weight_decay: bool = False,
         **net_kwargs,
     ) -> None:
-        super().__init__(optimizer, scheduler, compile)
+        super().__init__(optimizer, scheduler, compile, no_weight_decay)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net_kwargs = net_kwargs
         self.net = None if vocab_size is None else LSTMLanguageModel(vocab_size, **net_kwargs)

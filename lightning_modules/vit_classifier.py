@@ -25,9 +25,10 @@ class ViTClassifier(StudyModule):
         compile: bool | str = False,
         num_classes: int = 10,
         label_smoothing: float = 0.0,
+        no_weight_decay: bool = False,
         **net_kwargs,
     ) -> None:
-        super().__init__(optimizer, scheduler, compile)
+        super().__init__(optimizer, scheduler, compile, no_weight_decay)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing}: must be a number in [0, 1)")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])

@@ -40,6 +40,16 @@ def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
 def _fraction_or_count(v: Any) -> bool:
     """Lightning's limit_*_batches: a fraction in [0, 1] or a whole number of batches."""
     return _is_int(v) and v >= 0 or isinstance(v, float) and 0.0 <= v <= 1.0
+def _is_pair(v: Any, ok: Callable[[Any], bool]) -> bool:
+    return isinstance(v, (ListConfig, list, tuple)) and len(v) == 2 and all(ok(b) for b in v)
+
+
+def _is_betas(v: Any) -> bool:
+    return _is_pair(v, lambda b: _is_number(b) and 0 <= b < 1)
+
+
+def _is_eps(v: Any) -> bool:  # a number, or Adafactor's pair (eps1 or null, eps2)
+    return _is_number(v) and v > 0 or _is_pair(v, lambda b: b is None or _is_number(b) and b > 0)
 
 
 # setting -> (test, what is allowed); a setting absent from the config is not checked
@@ -47,6 +57,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.lr_scale": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "optimizer.betas": (_is_betas, "two numbers in [0, 1), e.g. [0.9,0.999]"),
+    "optimizer.eps": (_is_eps, "a number > 0 (Adafactor: a pair [null or a number > 0, a number > 0])"),
+    "optimizer.warmup_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "optimizer.ns_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "optimizer.adjust_lr_fn": (lambda v: v in ("original", "match_rms_adamw"), "original or match_rms_adamw"),
+    "optimizer.precondition_frequency": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "model.no_weight_decay": (lambda v: isinstance(v, bool), "true or false"),
     "model.num_layers": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "model.num_heads": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "model.embed_dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -122,6 +140,7 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
         if value is not None and not ok(value):
             _fail(key, value, allowed)
 
+    _check_optimizer_package(cfg)
     model = cfg.get("model") or {}
     if "embed_dim" in model and "num_heads" in model and model.embed_dim % model.num_heads:
         _fail("model.embed_dim", model.embed_dim, f"divisible by model.num_heads={model.num_heads}")
@@ -205,6 +224,19 @@ def check_types(cfg: DictConfig, reference: DictConfig) -> None:
             _fail(prefix[:-1], node, TYPE_WORDS[expected])
 
     walk(cfg, reference, "")
+def _check_optimizer_package(cfg: DictConfig) -> None:
+    """A third-party optimizer (conf/optimizer/lion.yaml, ...) whose package is missing: one line
+    naming the extra to install, before anything is built."""
+    from lightning_modules.optim import INSTALL_HINT, OPTIONAL_PACKAGES
+
+    target = str(OmegaConf.select(cfg, "optimizer._target_", default="") or "")
+    module = target.split(".")[0]
+    if module in OPTIONAL_PACKAGES and importlib.util.find_spec(module) is None:
+        choice = target.rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"Optimizer {choice} ({target}) needs the package {OPTIONAL_PACKAGES[module]}, which is not "
+            f"installed: {INSTALL_HINT} (the optim extra), or pick another optimizer=..."
+        )
 
 
 @rank_zero_only
@@ -253,7 +285,7 @@ def reference_config(task_overrides: list[str], choices: dict[str, Any]) -> Dict
 # HParams columns a researcher compares, first (short names), then the rest of what shapes a run
 HPARAM_COLUMNS = {
     "optimizer": None,  # the optimizer config's name (adam, adamw, sgd, momentum, ...)
-    "lr": "optimizer.lr",
+    "lr": "optimizer.lr",  # times optimizer.lr_scale where the optimizer config has one
     "weight_decay": "optimizer.weight_decay",
     "layers": "model.num_layers",
     "norm": "model.norm",
@@ -280,6 +312,8 @@ def run_hparams(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[
         else:
             value = flat.get(key, "null")
         out[column] = value
+    if isinstance(flat.get("optimizer.lr_scale"), (int, float)) and isinstance(out["lr"], (int, float)):
+        out["lr"] = out["lr"] * flat["optimizer.lr_scale"]  # the lr the optimizer uses (conf/optimizer/*.yaml)
     out["experiment"] = choices.get("experiment") or "null"
     shown = {k for k in HPARAM_COLUMNS.values() if k}
     for key, value in flat.items():

@@ -57,6 +57,10 @@ class LSTMLanguageModel(nn.Module):
         output_dropout: dropout probability on the LSTM's outputs, before the projection.
     """
 
+    # the tied input/output matrix: AdamW's, not Muon's, with optimizer=muon (lightning_modules/optim.py);
+    # the LSTM's weight_ih/weight_hh (4 gates stacked) and the projection are Muon's hidden matrices
+    input_output_modules = ("embedding", "classifier")
+
     def __init__(
         self,
         vocab_size: int,

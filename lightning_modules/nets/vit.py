@@ -97,6 +97,9 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    # the input and output layers: AdamW's, not Muon's, with optimizer=muon (lightning_modules/optim.py)
+    input_output_modules = ("patch_embed", "head")
+
     def __init__(
         self,
         image_size: int = 32,
@@ -135,6 +138,11 @@ class VisionTransformer(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_classes))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters kept out of weight decay with ``model.no_weight_decay=true`` besides norms and
+        biases (timm's convention)."""
+        return {"cls_token", "pos_embed"}
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> the token sequence entering the first block ([cls] first)."""
