@@ -51,6 +51,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.seq_len": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.tokenizer": (lambda v: v in ("word", "gpt2", "npz"), "word, gpt2 or npz"),
     "trainer.max_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.dynamics.every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 
 CIFAR10_TRAIN_IMAGES = 50_000
