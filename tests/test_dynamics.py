@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from analysis.dynamics import grad_norm_summary, load_dynamics, write_dynamics
 from lightning_modules.callbacks.dynamics import TrainingDynamics, parameter_groups
@@ -231,3 +232,88 @@ def test_no_runs_no_figures_and_a_note(tmp_path):
     report = write_dynamics(load_runs(tmp_path), tmp_path / "report")
     assert report.files == []
     assert "no run with dynamics for table2/6, table2/7" in report.markdown
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_nothing_runs_between_logging_steps():
+    """The callback's own hooks dispatch no tensor operation at all on the steps between logging
+    steps (so no device sync, no copy, no kernel), and do their work on the logging steps."""
+    torch.manual_seed(0)
+    module = ViTClassifier(optimizer=partial(torch.optim.AdamW, lr=1e-3), embed_dim=8, hidden_dim=8,
+                           num_heads=1, num_layers=1)
+    dyn = TrainingDynamics(every_n_steps=3)
+    ops: dict[tuple[int, str], int] = {}
+    steps = {"step": 0}
+
+    def counted(name):
+        original = getattr(dyn, name)
+
+        def wrapper(trainer, *args, **kwargs):
+            if name == "on_train_batch_start":
+                steps["step"] = trainer.global_step
+            with _CountOps() as counter:
+                original(trainer, *args, **kwargs)
+            key = (steps["step"], name)
+            ops[key] = ops.get(key, 0) + counter.ops
+        return wrapper
+
+    for name in ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"):
+        setattr(dyn, name, counted(name))
+    x, y = torch.randn(STEPS * 8, 3, 32, 32), torch.randint(0, 10, (STEPS * 8,))
+    _fit(module, TensorDataset(x, y), [dyn])
+    assert [r["step"] for r in dyn.records] == [0, 3]
+    for (step, name), n in ops.items():
+        if step % 3:
+            assert n == 0, f"{n} tensor ops in {name} at step {step}, not a logging step"
+    assert ops[(0, "on_before_optimizer_step")] > 0 and ops[(3, "on_train_batch_end")] > 0
+
+
+def test_bad_interval_is_a_config_error():
+    from omegaconf import OmegaConf
+
+    from lmvit.config import ConfigError, validate
+
+    cfg = OmegaConf.create({"callbacks": {"dynamics": {"every_n_steps": 0}}})
+    with pytest.raises(ConfigError, match="callbacks.dynamics.every_n_steps=0: must be an integer >= 1"):
+        validate(cfg)
+    validate(OmegaConf.create({"callbacks": {"dynamics": None}}))  # switched off: nothing to check
+
+
+@pytest.mark.slow
+def test_train_py_writes_dynamics_and_the_report_draws_them(tmp_path, data_dir):
+    """train.py with the default callbacks (a tiny 6-layer post-norm preset, debug=fast: 6 steps):
+    dynamics.jsonl, the TensorBoard scalars, and the report's gradient-norm figure and section."""
+    from analysis import load_scalars, write_report
+    from tests.helpers import find_runs, run_train
+
+    run_train("experiment=table2_7_adamw_6l_post", "debug=fast", "model.embed_dim=16", "model.hidden_dim=16",
+              "model.num_heads=2", "callbacks.dynamics.every_n_steps=2", "callbacks.progress_bar=null",
+              "test=false", log_dir=tmp_path, data_dir=data_dir, env={"OMP_NUM_THREADS": "1"})
+    (run,) = find_runs(tmp_path)
+    frame = load_dynamics(run)
+    assert sorted(frame["step"].unique()) == [0, 2, 4]  # 2 epochs x 3 batches, every 2 steps
+    blocks = ["embed"] + [f"block{i}" for i in range(6)] + ["head"]
+    for metric in ("grad_norm", "weight_norm", "update_ratio", "residual_norm"):
+        logged = set(frame[frame["metric"] == metric]["block"])
+        assert logged == set(blocks) | ({"all"} if metric != "residual_norm" else set()), metric
+    assert frame["value"].gt(0).all()
+    scalars = load_scalars([run])
+    tb = scalars[scalars["tag"] == "dynamics/grad_norm/block5"].sort_values("step")
+    jsonl = frame[(frame["metric"] == "grad_norm") & (frame["block"] == "block5")].sort_values("step")
+    assert list(tb["step"]) == [0, 2, 4]
+    assert tb["value"].to_numpy() == pytest.approx(jsonl["value"].to_numpy(), rel=1e-6)
+
+    report = write_report(tmp_path, tmp_path / "report")
+    assert (tmp_path / "report" / "dynamics_grad_norm_by_layer.png") in report.files
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "## Training dynamics" in readme and "post-norm (table2/7, n=1)" in readme
+    assert "no run with dynamics for table2/6" in readme
