@@ -151,7 +151,15 @@ class TrainingDynamics(pl.Callback):
         self._disarm()
         self._step = step
         if self.residual_norms:
-            self._register(self._net(pl_module))
+            net = self._net(pl_module)
+            if getattr(net, "_compiled_call_impl", None) is not None:
+                # torch.compile does not guard on forward hooks: hooks added after the first
+                # compile are silently ignored, so the norms would be missing or stale
+                log.warning("callbacks.dynamics: the net is compiled (model.compile), so residual-stream "
+                            "norms are not recorded; gradient, weight and update norms are.")
+                self.residual_norms = False
+            else:
+                self._register(net)
 
     def _register(self, net: nn.Module) -> None:
         for name, module, where in residual_points(net):
