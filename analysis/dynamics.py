@@ -91,8 +91,7 @@ def _select(runs: pd.DataFrame, config: str, attrs: dict) -> list[str]:
     return [r for r in chosen["run"] if (Path(r) / FILE).is_file()]
 
 
-def _mean_over_runs(run_dirs: list[str]) -> pd.DataFrame:
-    frames = [load_dynamics(r) for r in run_dirs]
+def _mean_over_runs(frames: list[pd.DataFrame]) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)
     return frame.groupby(["step", "metric", "block"], as_index=False)["value"].mean()
 
@@ -183,14 +182,20 @@ def plot_update_ratio(frames: dict[str, pd.DataFrame]) -> Figure:
 def _gather(runs: pd.DataFrame, configs: dict) -> tuple[dict[str, pd.DataFrame], list[str], dict[str, list[str]]]:
     frames, missing, used = {}, [], {}
     for config, (name, attrs) in configs.items():
-        run_dirs = _select(runs, config, attrs)
+        loaded = {r: load_dynamics(r) for r in _select(runs, config, attrs)}
+        run_dirs = [r for r, frame in loaded.items() if not frame.empty]
         if not run_dirs:
             missing.append(config)
             continue
         label = f"{OPTIMIZER_NAMES.get(name, name + '-norm')} ({config}, n={len(run_dirs)})"
-        frames[label] = _mean_over_runs(run_dirs)
+        frames[label] = _mean_over_runs([loaded[r] for r in run_dirs])
         used[label] = run_dirs
     return frames, missing, used
+
+
+def _runs_used(used: dict[str, list[str]]) -> list[str]:
+    return ["Runs: " + "; ".join(f"{label}: " + ", ".join(f"`{Path(r).name}`" for r in dirs)
+                                 for label, dirs in used.items()), ""]
 
 
 def _fmt(v) -> str:
@@ -220,7 +225,8 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
             report.summary[label] = s
             lines.append(f"| {label} | {s['early_step']} | {_fmt(s['early_last_over_first'])} | "
                          f"{s['late_steps'][0]}-{s['late_steps'][1]} | {_fmt(s['late_last_over_first'])} |")
-        lines.append("")
+        lines += ["", "Gradient norm of the last transformer block over the first one's: above 1, larger "
+                  "gradients near the output.", ""] + _runs_used(used)
     if missing:
         lines += [f"Gradient norm by layer: no run with dynamics for {', '.join(missing)} "
                   "(Table 2 configs 6 and 7: `python train.py -m experiment=table2_6_adamw_6l,table2_7_adamw_6l_post`).",
@@ -240,7 +246,7 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
             late = series.iloc[-LATE_RECORDS:].mean()
             report.summary[label] = {"median_update_ratio": float(series.median()), "late_update_ratio": float(late)}
             lines.append(f"| {label} | {_fmt(series.median())} | {_fmt(late)} |")
-        lines.append("")
+        lines += [""] + _runs_used(used)
     if missing:
         lines += [f"Update-to-weight ratio: no run with dynamics for {', '.join(missing)} "
                   "(Table 2 configs 1-4: `python train.py -m experiment=table2_1_adam,table2_2_adamw,"

@@ -242,6 +242,8 @@ class TrainingDynamics(pl.Callback):
 
     def _emit(self, trainer, step: int, values: dict[str, dict[str, torch.Tensor]]) -> None:
         keys = [(metric, block) for metric in METRICS for block in values.get(metric, {})]
+        if not keys:
+            return
         numbers = torch.stack([values[m][b].detach().float().cpu() for m, b in keys]).tolist()  # one sync
         record: dict = {"step": step, "epoch": trainer.current_epoch}
         for (metric, block), number in zip(keys, numbers):
