@@ -161,7 +161,7 @@ def plot_update_ratio(frames: dict[str, pd.DataFrame]) -> Figure:
     for i, (label, frame) in enumerate(frames.items()):
         color = colors[i % len(colors)]
         series = _series(frame, "update_ratio", "all")
-        axes[0].plot(series.index, series.values, "-", color=color, label=label)
+        axes[0].plot(series.index, series.values, "-", marker="o", markersize=2, color=color, label=label)
         late = early_late(frame, "update_ratio")["late"]
         axes[1].plot(range(len(late)), list(late.values()), "o-", color=color, label=label)
         axes[1].set_xticks(range(len(late)), list(late), rotation=30)
