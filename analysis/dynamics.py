@@ -220,13 +220,21 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
         lines += [f"![gradient norm by layer]({path.name})", "",
                   "| configuration | early step | last/first block, early | late steps | last/first block, late |",
                   "| --- | --- | --- | --- | --- |"]
+        rows = []
         for label, frame in frames.items():
             s = grad_norm_summary(frame)
             report.summary[label] = s
+            for when in ("early", "late"):
+                steps = str(s["early_step"]) if when == "early" else "{}-{}".format(*s["late_steps"])
+                rows.append({"configuration": label, "when": when, "steps": steps, **s[when],
+                             "last/first": s[f"{when}_last_over_first"]})
             lines.append(f"| {label} | {s['early_step']} | {_fmt(s['early_last_over_first'])} | "
                          f"{s['late_steps'][0]}-{s['late_steps'][1]} | {_fmt(s['late_last_over_first'])} |")
-        lines += ["", "Gradient norm of the last transformer block over the first one's: above 1, larger "
-                  "gradients near the output.", ""] + _runs_used(used)
+        csv = out_dir / "dynamics_grad_norm_by_layer.csv"
+        pd.DataFrame(rows).to_csv(csv, index=False)
+        report.files.append(csv)
+        lines += ["", "last/first: gradient norm of the last transformer block over the first one's (above 1: "
+                  f"larger gradients near the output). Every block's value: `{csv.name}`.", ""] + _runs_used(used)
     if missing:
         lines += [f"Gradient norm by layer: no run with dynamics for {', '.join(missing)} "
                   "(Table 2 configs 6 and 7: `python train.py -m experiment=table2_6_adamw_6l,table2_7_adamw_6l_post`).",
@@ -246,7 +254,11 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
             late = series.iloc[-LATE_RECORDS:].mean()
             report.summary[label] = {"median_update_ratio": float(series.median()), "late_update_ratio": float(late)}
             lines.append(f"| {label} | {_fmt(series.median())} | {_fmt(late)} |")
-        lines += [""] + _runs_used(used)
+        csv = out_dir / "dynamics_update_ratio.csv"
+        pd.concat([frame[frame["metric"] == "update_ratio"].assign(configuration=label)
+                   for label, frame in frames.items()]).to_csv(csv, index=False)
+        report.files.append(csv)
+        lines += ["", f"Every logged step and block: `{csv.name}`.", ""] + _runs_used(used)
     if missing:
         lines += [f"Update-to-weight ratio: no run with dynamics for {', '.join(missing)} "
                   "(Table 2 configs 1-4: `python train.py -m experiment=table2_1_adam,table2_2_adamw,"

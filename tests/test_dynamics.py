@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import matplotlib.image
+import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -212,8 +213,12 @@ def test_figures_from_synthetic_dynamics(tmp_path):
 
     out = tmp_path / "report"
     report = write_dynamics(load_runs(tmp_path), out)
-    assert [f.name for f in report.files] == ["dynamics_grad_norm_by_layer.png", "dynamics_update_ratio.png"]
-    for f in report.files:
+    assert [f.name for f in report.files] == ["dynamics_grad_norm_by_layer.png", "dynamics_grad_norm_by_layer.csv",
+                                              "dynamics_update_ratio.png", "dynamics_update_ratio.csv"]
+    table = pd.read_csv(out / "dynamics_grad_norm_by_layer.csv")
+    post_early = table[(table["configuration"].str.startswith("post")) & (table["when"] == "early")].iloc[0]
+    assert post_early["block5"] == 2.0 ** 6 and post_early["last/first"] == 32.0
+    for f in report.files[::2]:
         image = matplotlib.image.imread(f)
         assert image.shape[0] > 200 and image.shape[1] > 400
     sgd = next(v for k, v in report.summary.items() if k.startswith("SGD"))
