@@ -18,6 +18,7 @@ section says which are missing. Runs of one configuration (seeds) are averaged.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +32,9 @@ from analysis.study import OPTIMIZER_NAMES
 
 FILE = "dynamics.jsonl"
 LATE_RECORDS = 5  # "end of training": the mean of this many last logged steps
-NORM_CONFIGS = {"table2/6": ("pre", dict(task="vit", num_layers=6, norm="pre", optimizer="adamw")),
-                "table2/7": ("post", dict(task="vit", num_layers=6, norm="post", optimizer="adamw"))}
-OPTIMIZER_CONFIGS = {f"table2/{i}": (opt, dict(task="vit", num_layers=2, norm="pre", optimizer=opt))
+NORM_CONFIGS = {"table2/6": ("pre", {"task": "vit", "num_layers": 6, "norm": "pre", "optimizer": "adamw"}),
+                "table2/7": ("post", {"task": "vit", "num_layers": 6, "norm": "post", "optimizer": "adamw"})}
+OPTIMIZER_CONFIGS = {f"table2/{i}": (opt, {"task": "vit", "num_layers": 2, "norm": "pre", "optimizer": opt})
                      for i, opt in enumerate(("adam", "adamw", "sgd", "momentum"), start=1)}
 
 
@@ -199,7 +200,7 @@ def _runs_used(used: dict[str, list[str]]) -> list[str]:
 
 
 def _fmt(v) -> str:
-    return "" if v is None or v != v else f"{v:.3g}"
+    return "" if v is None or math.isnan(v) else f"{v:.3g}"
 
 
 def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
@@ -208,8 +209,8 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
     out_dir = Path(out_dir)
     report = DynamicsReport()
     lines = ["## Training dynamics", "",
-             "From each run's `dynamics.jsonl` (`callbacks.dynamics`, every N optimizer steps); runs of one "
-             "configuration are averaged (n).", ""]
+             ("From each run's `dynamics.jsonl` (`callbacks.dynamics`, every N optimizer steps); runs of one "
+              "configuration are averaged (n)."), ""]
 
     frames, missing, used = _gather(runs, NORM_CONFIGS)
     if frames:
@@ -233,12 +234,12 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
         csv = out_dir / "dynamics_grad_norm_by_layer.csv"
         pd.DataFrame(rows).to_csv(csv, index=False)
         report.files.append(csv)
-        lines += ["", "last/first: gradient norm of the last transformer block over the first one's (above 1: "
-                  f"larger gradients near the output). Every block's value: `{csv.name}`.", ""] + _runs_used(used)
+        lines += ["", ("last/first: gradient norm of the last transformer block over the first one's (above 1: "
+                       f"larger gradients near the output). Every block's value: `{csv.name}`."), ""]
+        lines += _runs_used(used)
     if missing:
-        lines += [f"Gradient norm by layer: no run with dynamics for {', '.join(missing)} "
-                  "(Table 2 configs 6 and 7: `python train.py -m experiment=table2_6_adamw_6l,table2_7_adamw_6l_post`).",
-                  ""]
+        lines += [(f"Gradient norm by layer: no run with dynamics for {', '.join(missing)} (Table 2 configs 6 "
+                   "and 7: `python train.py -m experiment=table2_6_adamw_6l,table2_7_adamw_6l_post`)."), ""]
 
     frames, missing, used = _gather(runs, OPTIMIZER_CONFIGS)
     if frames:
@@ -260,8 +261,8 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
         report.files.append(csv)
         lines += ["", f"Every logged step and block: `{csv.name}`.", ""] + _runs_used(used)
     if missing:
-        lines += [f"Update-to-weight ratio: no run with dynamics for {', '.join(missing)} "
-                  "(Table 2 configs 1-4: `python train.py -m experiment=table2_1_adam,table2_2_adamw,"
-                  "table2_3_sgd,table2_4_momentum`).", ""]
+        lines += [(f"Update-to-weight ratio: no run with dynamics for {', '.join(missing)} "
+                   "(Table 2 configs 1-4: `python train.py -m experiment=table2_1_adam,table2_2_adamw,"
+                   "table2_3_sgd,table2_4_momentum`)."), ""]
     report.markdown = "\n".join(lines) + "\n"
     return report

@@ -19,8 +19,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.data import DataLoader, TensorDataset
 
 from analysis.dynamics import grad_norm_summary, load_dynamics, write_dynamics
 from lightning_modules.callbacks.dynamics import TrainingDynamics, parameter_groups
