@@ -29,6 +29,7 @@ from analysis.findings import Findings, check_findings
 from analysis.lrgrid import LrGrids, lr_grids
 from analysis.recipes import TITLES as BEYOND_TITLES  # runs beyond the study
 from analysis.recipes import beyond_tables
+from analysis.dynamics import write_dynamics
 from analysis.runs import completed, epoch_curves, load_runs, load_scalars
 from analysis.tables import all_tables, to_markdown
 
@@ -90,8 +91,9 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
     files += save_figures(figures, out)
     report.runs.to_csv(out / "runs.csv", index=False)
     files.append(out / "runs.csv")
-    (out / "README.md").write_text(_index(report, files, paths))
-    files.append(out / "README.md")
+    dynamics = write_dynamics(report.runs, out)  # training-dynamics figures and section (analysis/dynamics.py)
+    (out / "README.md").write_text(_index(report, files, paths) + "\n" + dynamics.markdown)
+    files += dynamics.files + [out / "README.md"]
     report.files = files
     return report
 

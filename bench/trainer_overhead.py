@@ -130,11 +130,45 @@ class Interleave(pl.Callback):
         self._close_step()
 
 
+class HookTimer:
+    """Times every ``on_*`` hook of one callback (device work included), per training step, by
+    wrapping the instance's methods: what that callback costs, measured in the run itself."""
+
+    def __init__(self, callback: pl.Callback, device: str) -> None:
+        self.device = device
+        self.per_step: dict[int, float] = {}
+        self._step = 0
+        for name in dir(type(callback)):
+            if name.startswith("on_"):
+                setattr(callback, name, self._wrap(getattr(callback, name), name))
+
+    def _wrap(self, hook, name):
+        def timed(trainer, *args, **kwargs):
+            if name == "on_train_batch_start":
+                self._step = args[-1]  # batch_idx: the step's index in the one epoch
+            common.synchronize(self.device)
+            start = time.perf_counter()
+            result = hook(trainer, *args, **kwargs)
+            common.synchronize(self.device)
+            self.per_step[self._step] = self.per_step.get(self._step, 0.0) + time.perf_counter() - start
+            return result
+        return timed
+
+    def summary(self, warmup: int, steps: int) -> dict:
+        measured = [self.per_step.get(i, 0.0) for i in range(warmup, steps)]
+        return {"mean_ms_per_step": round(1e3 * statistics.fmean(measured), 3),
+                "max_ms_one_step": round(1e3 * max(measured), 2),
+                "median_ms_per_step": round(1e3 * statistics.median(measured), 4),
+                "steps_over_1ms": {i: round(1e3 * t, 2) for i, t in enumerate(measured, warmup) if t > 1e-3}}
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], repeats=8, warmup=2)
     p.add_argument("--case", choices=sorted(CASES), default="vit")
     p.add_argument("--tiny", action="store_true",
                    help="shrink the net (case.tiny): what remains per step is the framework's overhead")
+    p.add_argument("--time-callback", action="append", default=[], metavar="NAME",
+                   help="time this callback's hooks (its key in conf/callbacks, e.g. dynamics); repeatable")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.attention=sdpa")
     args = common.parse(p)
     case = CASES[args.case]
@@ -166,7 +200,9 @@ def main() -> None:
         return time.perf_counter() - start
 
     interleave = Interleave(plain_step, args.device)
-    callbacks = [interleave] + [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    named = {name: instantiate(c) for name, c in cfg.callbacks.items() if c is not None}
+    timers = {name: HookTimer(named[name], args.device) for name in args.time_callback if name in named}
+    callbacks = [interleave] + list(named.values())
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=1,
                           limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
@@ -175,9 +211,15 @@ def main() -> None:
     assert len(interleave.lightning) == len(interleave.plain) == steps
     samples = {"plain": interleave.plain[args.warmup:], "lightning": interleave.lightning[args.warmup:]}
     overhead = statistics.median(l - p for l, p in zip(samples["lightning"], samples["plain"]))
+    # the mean counts the periodic work (a callback's every-N-steps step) that the median leaves out
+    overhead_mean = statistics.fmean(l - p for l, p in zip(samples["lightning"], samples["plain"]))
+    callback_ms = {name: t.summary(args.warmup, steps) for name, t in timers.items()}
     common.report(f"trainer_overhead_{args.case}" + ("_tiny" if args.tiny else ""), samples,
                   baseline="plain", unit="s/step", target=None if args.tiny else ("lightning", "<=", 1.05),
                   out=args.out, device=args.device, overhead_ms_per_step=round(overhead * 1e3, 2),
+                  overhead_ms_per_step_mean=round(overhead_mean * 1e3, 2),
+                  mean_ratio=round(sum(samples["lightning"]) / sum(samples["plain"]), 4),
+                  **({"callback_ms": callback_ms} if callback_ms else {}),
                   overrides=case.overrides + (case.tiny if args.tiny else []) + args.overrides)
 
 

@@ -109,6 +109,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "callbacks.text_samples.max_tokens": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "callbacks.text_samples.temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: greedy)"),
     "callbacks.text_samples.top_k": (lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null for all tokens"),
+    "callbacks.dynamics.every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 
 # settings naming a file or folder that must exist (null: not used)
