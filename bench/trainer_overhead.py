@@ -25,6 +25,22 @@ On a busy CPU the full-size steps vary by tens of percent from one to the next, 
 needs many pairs; ``--tiny`` measures the per-step overhead itself (``overhead_ms_per_step``:
 median of lightning - plain), which divided by the full model's step time gives the overhead
 ratio without that noise.
+
+**The floor** (``--tiny``, on by default there; ``--no-floor`` skips it): the same tiny net in a
+*bare* LightningModule (``training_step`` returns the loss, nothing logged) in a *bare* Trainer (no
+logger, no progress bar, no checkpointing, no model summary; batches in memory) measured the same
+way, in the same process. The two fits alternate ``--rounds`` times (ABBA: ours, floor, floor,
+ours, ...), so the machine's drift lands on both; each round gives both overheads
+(median of lightning - plain over its steps) and their ratio. Reported: ``overhead_ms_per_step``
+(ours), ``floor_ms_per_step``, ``overhead_vs_floor`` (ratio of the pooled medians),
+``overhead_vs_floor_paired`` (median of the per-round ratios) and its min/max over the rounds.
+Target: ours <= 2 x the floor. Our side runs the default configuration as ``train.py`` does:
+every callback of ``conf/callbacks/default.yaml`` (checkpoints included, into a temporary folder;
+none is due within the measured steps) and the TensorBoard logger, and its batches come through
+the training loader's resumable sampler (``--loader memory`` hands them over as the floor's).
+
+    python bench/trainer_overhead.py --case vit --tiny --repeats 30 --warmup 5 --rounds 6 --threads 1
+    python bench/trainer_overhead.py --case vit --tiny callbacks.progress_bar=null   # one piece off
 """
 
 from __future__ import annotations
@@ -130,55 +146,145 @@ class Interleave(pl.Callback):
         self._close_step()
 
 
+class BareModule(pl.LightningModule):
+    """The floor: a LightningModule that only returns the loss (no metric, no log)."""
+
+    def __init__(self, net: torch.nn.Module, loss: Callable, optimizer: Callable) -> None:
+        super().__init__()
+        self.net, self.loss_fn, self.optimizer_factory = net, loss, optimizer
+
+    def training_step(self, batch, batch_idx):
+        return self.loss_fn(self.net, batch)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())
+
+
+def _first(items):
+    return items[0]
+
+
+def resumable_loader(batches: list, seed: int) -> DataLoader:
+    """The batches through the training loader of datamodules/sampling.py (seeded, resumable order)."""
+    from datamodules.sampling import EpochShuffleSampler, ResumableLoader
+
+    sampler = EpochShuffleSampler(len(batches), seed, with_seeds=False)
+    return ResumableLoader(batches, sampler=sampler, batch_size=1, collate_fn=_first, drop_last=True)
+
+
+class Bench:
+    """Builds and fits one side (ours or the floor) on the same batches, with a plain twin net."""
+
+    def __init__(self, args, case: Case) -> None:
+        self.args, self.case = args, case
+        self.tmp = tempfile.mkdtemp(prefix="bench-trainer-")
+        accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
+        with initialize_config_dir(str(common.ROOT / "conf"), version_base="1.3"):
+            self.cfg = compose("train", overrides=[
+                *case.overrides, *(case.tiny if args.tiny else []), *args.overrides,
+                f"paths.output_dir={self.tmp}", f"trainer.accelerator={accelerator}",
+            ])
+        self.steps = args.warmup + args.repeats
+        self.batches, self.model_kwargs = case.batches(self.cfg, self.steps)
+
+    def _plain_step(self, net, opt):
+        device, loss = self.args.device, self.case.loss
+
+        def plain_step(batch) -> float:
+            batch = [t.to(device) for t in batch]
+            common.synchronize(device)
+            start = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss(net, batch).backward()
+            opt.step()
+            common.synchronize(device)
+            return time.perf_counter() - start
+
+        return plain_step
+
+    def fit(self, side: str) -> tuple[list[float], list[float]]:
+        """One fit of ``side`` ("ours" | "floor") over the batches: (plain, lightning) s/step after warm-up."""
+        cfg, args = self.cfg, self.args
+        pl.seed_everything(cfg.seed, workers=True)
+        module = instantiate(cfg.model, **self.model_kwargs)
+        net = instantiate(cfg.model, **self.model_kwargs).net  # the plain twin
+        net.load_state_dict(module.net.state_dict())  # same initial weights
+        net.to(args.device).train()
+        interleave = Interleave(self._plain_step(net, instantiate(cfg.optimizer)(net.parameters())), args.device)
+        if side == "ours":
+            callbacks = [interleave] + [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+            loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+            trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=1,
+                                  limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
+                                  enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint)
+                                                           for c in callbacks))
+            loader = (resumable_loader(self.batches, cfg.seed) if args.loader == "resumable"
+                      else DataLoader(self.batches, batch_size=None))
+        else:
+            module = BareModule(module.net, self.case.loss, instantiate(cfg.optimizer))
+            trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_epochs=1,
+                                 callbacks=[interleave], logger=False, enable_progress_bar=False,
+                                 enable_checkpointing=False, enable_model_summary=False,
+                                 limit_val_batches=0, num_sanity_val_steps=0,
+                                 default_root_dir=self.tmp)
+            loader = DataLoader(self.batches, batch_size=None)
+        trainer.fit(module, train_dataloaders=loader)
+        assert len(interleave.lightning) == len(interleave.plain) == self.steps
+        return interleave.plain[args.warmup:], interleave.lightning[args.warmup:]
+
+
+def _overheads(plain: list[float], lightning: list[float]) -> list[float]:
+    return [a - b for a, b in zip(lightning, plain)]
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], repeats=8, warmup=2)
     p.add_argument("--case", choices=sorted(CASES), default="vit")
     p.add_argument("--tiny", action="store_true",
                    help="shrink the net (case.tiny): what remains per step is the framework's overhead")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.attention=sdpa")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="with --tiny: fits of ours and of the floor, alternated (ABBA)")
+    p.add_argument("--no-floor", dest="floor", action="store_false",
+                   help="with --tiny: skip the bare-Lightning floor")
+    p.add_argument("--loader", choices=["resumable", "memory"], default="resumable",
+                   help="our side's loader: the resumable sampler of datamodules/sampling.py, or the batches as is")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.attention=sdpa callbacks.progress_bar=null")
     args = common.parse(p)
     case = CASES[args.case]
-    tmp = tempfile.mkdtemp(prefix="bench-trainer-")
-    accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
-    with initialize_config_dir(str(common.ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            *case.overrides, *(case.tiny if args.tiny else []), *args.overrides, f"paths.output_dir={tmp}",
-            "~callbacks.model_checkpoint", "~callbacks.periodic_checkpoint",
-            f"trainer.accelerator={accelerator}",
-        ])
-    steps = args.warmup + args.repeats
-    batches, model_kwargs = case.batches(cfg, steps)
-    pl.seed_everything(cfg.seed, workers=True)
-    module: pl.LightningModule = instantiate(cfg.model, **model_kwargs)
-    net = instantiate(cfg.model, **model_kwargs).net  # a second copy of the net
-    net.load_state_dict(module.net.state_dict())  # same initial weights
-    net.to(args.device).train()
-    plain_opt = instantiate(cfg.optimizer)(net.parameters())
-
-    def plain_step(batch) -> float:
-        batch = [t.to(args.device) for t in batch]
-        common.synchronize(args.device)
-        start = time.perf_counter()
-        plain_opt.zero_grad(set_to_none=True)
-        case.loss(net, batch).backward()
-        plain_opt.step()
-        common.synchronize(args.device)
-        return time.perf_counter() - start
-
-    interleave = Interleave(plain_step, args.device)
-    callbacks = [interleave] + [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=1,
-                          limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
-                          enable_model_summary=False)
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
-    assert len(interleave.lightning) == len(interleave.plain) == steps
-    samples = {"plain": interleave.plain[args.warmup:], "lightning": interleave.lightning[args.warmup:]}
-    overhead = statistics.median(l - p for l, p in zip(samples["lightning"], samples["plain"]))
-    common.report(f"trainer_overhead_{args.case}" + ("_tiny" if args.tiny else ""), samples,
-                  baseline="plain", unit="s/step", target=None if args.tiny else ("lightning", "<=", 1.05),
-                  out=args.out, device=args.device, overhead_ms_per_step=round(overhead * 1e3, 2),
-                  overrides=case.overrides + (case.tiny if args.tiny else []) + args.overrides)
+    bench = Bench(args, case)
+    name = f"trainer_overhead_{args.case}" + ("_tiny" if args.tiny else "")
+    overrides = case.overrides + (case.tiny if args.tiny else []) + args.overrides
+    if not (args.tiny and args.floor):
+        plain, lightning = bench.fit("ours")
+        overhead = statistics.median(_overheads(plain, lightning))
+        common.report(name, {"plain": plain, "lightning": lightning}, baseline="plain", unit="s/step",
+                      target=None if args.tiny else ("lightning", "<=", 1.05), out=args.out, device=args.device,
+                      overhead_ms_per_step=round(overhead * 1e3, 2), overrides=overrides, loader=args.loader)
+        return
+    sides = ["ours", "floor"]
+    per_round: dict[str, list[float]] = {s: [] for s in sides}  # median overhead of each round
+    pooled: dict[str, list[float]] = {s: [] for s in sides}
+    samples: dict[str, list[float]] = {"plain": [], "lightning": []}  # our side's steps
+    for r in range(args.rounds):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            plain, lightning = bench.fit(side)
+            over = _overheads(plain, lightning)
+            per_round[side].append(statistics.median(over))
+            pooled[side].extend(over)
+            if side == "ours":
+                samples["plain"] += plain
+                samples["lightning"] += lightning
+    ours, floor = statistics.median(pooled["ours"]), statistics.median(pooled["floor"])
+    ratios = [a / b for a, b in zip(per_round["ours"], per_round["floor"])]
+    common.report(
+        name, samples, baseline="plain", unit="s/step", out=args.out, device=args.device,
+        overhead_ms_per_step=round(ours * 1e3, 3), floor_ms_per_step=round(floor * 1e3, 3),
+        overhead_vs_floor=round(ours / floor, 2), overhead_vs_floor_paired=round(statistics.median(ratios), 2),
+        overhead_vs_floor_range=[round(min(ratios), 2), round(max(ratios), 2)],
+        rounds={s: [round(v * 1e3, 3) for v in per_round[s]] for s in sides},
+        target_floor="overhead_vs_floor <= 2", pass_floor=bool(ours / floor <= 2),
+        overrides=overrides, loader=args.loader,
+    )
 
 
 if __name__ == "__main__":
