@@ -58,6 +58,7 @@ class StudyModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.compile_net = compile
         self.metrics: dict[str, dict[str, Metric]] = {stage: {} for stage in STAGES}
+        self._logged_this_epoch: set[str] = set()  # stages whose metric objects are logged this epoch
 
     def add_metric(self, name: str, factory: Callable[[], Metric]) -> None:
         """One ``factory()`` metric per stage, a submodule ``<stage>_<name>`` (so it follows the
@@ -73,9 +74,24 @@ class StudyModule(pl.LightningModule):
 
     def _logged_step(self, batch, stage: str) -> torch.Tensor:
         loss = self.step(batch, stage)
-        for name, metric in self.metrics[stage].items():
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
+        # The metric objects are logged once per stage and epoch, at its first batch: Lightning keeps
+        # the reference and computes the epoch value from all the epoch's updates (``step`` updates
+        # them every batch), then resets them, exactly as when they are logged every step. Logging
+        # a Metric object costs ~1 ms a call (Lightning moves its states to the device each time).
+        if stage not in self._logged_this_epoch:
+            for name, metric in self.metrics[stage].items():
+                self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
+            self._logged_this_epoch.add(stage)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("test")
 
     def training_step(self, batch, batch_idx):
         loss = self._logged_step(batch, "train")

@@ -26,6 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 from datamodules import cifar10
 from datamodules.augment import augment_batch, resized_crop, sample_crop_boxes
 from lightning_modules.callbacks import FiniteLossGuard
+from lightning_modules.callbacks.progress_bar import ProgressBar
 from lightning_modules.vit_classifier import ViTClassifier
 from tests.helpers import assert_close_rel, find_runs, load_metrics, run_train
 
@@ -203,7 +204,7 @@ def test_training_step_has_no_device_sync(images, case):
     trainer = pl.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         # the divergence guard with N > 1 keeps its record on the device: no sync either
-        callbacks=[spy, pl.callbacks.RichProgressBar(), FiniteLossGuard(check_every_n_steps=100)],
+        callbacks=[spy, ProgressBar(), FiniteLossGuard(check_every_n_steps=100)],
         log_every_n_steps=1000,
         enable_model_summary=False,
     )
