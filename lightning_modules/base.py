@@ -25,7 +25,9 @@ class StudyModule(pl.LightningModule):
 
     A subclass builds ``self.net``, declares its metrics with :meth:`add_metric` and implements
     :meth:`step` (loss of a batch, updating ``self.metrics[stage]``); this class logs every metric
-    as ``<stage>/<name>`` per epoch and the training loss as ``train/loss_step`` per step.
+    as ``<stage>/<name>`` per epoch and the training loss as ``train/loss_step`` at every logging step
+    (``trainer.log_every_n_steps``). A subclass overriding ``on_{train,validation,test}_epoch_start``
+    calls ``super()`` (the epoch's metrics are logged once, at its first batch).
 
     ``optimizer`` is a partial (Hydra ``_partial_: true``) taking the parameters; it is not saved in
     checkpoints, so ``Module.load_from_checkpoint(path)`` alone gives a model to evaluate (pass
@@ -95,8 +97,20 @@ class StudyModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._logged_step(batch, "train")
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        if self._logging_step():
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning writes step values to the loggers after this step (every
+        ``trainer.log_every_n_steps`` steps, and when the run stops): the only steps whose per-step
+        ``self.log`` values reach a logger. Each ``self.log`` call costs ~0.3 ms on a CPU, so
+        per-step values are logged only then (the loggers receive exactly what they did before)."""
+        trainer = self._trainer
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is None:  # outside a Trainer
+            return True
+        return bool(connector.should_update_logs or trainer.fast_dev_run)
 
     def validation_step(self, batch, batch_idx):
         self._logged_step(batch, "val")
