@@ -62,5 +62,5 @@ gpu-prep:
 	install -m 0644 $(SHARED)/data/cifar10-jpeg.tar.gz $(SHARED)/tools/cifar10_jpeg_to_batches.py .gpu/
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d .whl hydra-core==1.3.2 omegaconf==2.3.0
+	  -d .whl hydra-core==1.3.2 omegaconf==2.3.0 hydra-joblib-launcher==1.2.0 joblib==1.4.2
 	$(PYTHON) -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3  # sdist only on PyPI

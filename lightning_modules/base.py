@@ -36,6 +36,8 @@ class StudyModule(pl.LightningModule):
     ``compile=True`` compiles the plain net with ``torch.compile`` (the LightningModule is not
     compiled); a string names the backend instead of the default ``inductor`` (e.g. ``aot_eager``:
     graph capture and autograd tracing without code generation, seconds instead of minutes on CPU).
+    ``compile_mode`` is torch.compile's ``mode`` (None: its default; ``reduce-overhead``: CUDA graphs,
+    which take the Python launch cost of each kernel off a small model's step on a GPU).
     """
 
     net: nn.Module
@@ -45,6 +47,7 @@ class StudyModule(pl.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(compile, str):
@@ -59,6 +62,7 @@ class StudyModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.compile_net = compile
+        self.compile_mode = compile_mode
         self.metrics: dict[str, dict[str, Metric]] = {stage: {} for stage in STAGES}
         self._logged_this_epoch: set[str] = set()  # stages whose metric objects are logged this epoch
 
@@ -123,7 +127,7 @@ class StudyModule(pl.LightningModule):
         # stay those of the plain net, so checkpoints load with or without compile.
         if self.compile_net and getattr(self.net, "_compiled_call_impl", None) is None:
             backend = self.compile_net if isinstance(self.compile_net, str) else "inductor"
-            self.net.compile(backend=backend)
+            self.net.compile(backend=backend, mode=self.compile_mode)
 
     def parameter_counts(self) -> dict[str, int]:
         return count_parameters(self.net)

@@ -22,14 +22,16 @@ class ViTClassifier(StudyModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
+        compile_mode: str | None = None,
         num_classes: int = 10,
         **net_kwargs,
     ) -> None:
-        super().__init__(optimizer, scheduler, compile)
+        super().__init__(optimizer, scheduler, compile, compile_mode)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = VisionTransformer(num_classes=num_classes, **net_kwargs)
         self.add_metric("loss", WeightedMean)  # no device sync per update (see metrics.py)
-        self.add_metric("acc", lambda: MulticlassAccuracy(num_classes, average="micro"))
+        # validate_args=False: no per-update input checks (labels come from the data module), same values
+        self.add_metric("acc", lambda: MulticlassAccuracy(num_classes, average="micro", validate_args=False))
 
     def forward(self, images):
         return self.net(images)
