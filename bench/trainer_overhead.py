@@ -64,7 +64,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-
 CLOCK = time.perf_counter  # --clock process: time.process_time (this process's CPU time, all threads)
 
 
@@ -260,7 +259,8 @@ def main() -> None:
     p.add_argument("--clock", choices=["wall", "process"], default=None,
                    help="wall (default on a GPU) or process: this process's CPU time, all its threads (default "
                         "on CPU: what other processes of a shared machine do is not counted)")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.attention=sdpa callbacks.progress_bar=null")
+    p.add_argument("overrides", nargs="*",
+                   help="extra Hydra overrides, e.g. model.attention=sdpa callbacks.progress_bar=null")
     args = common.parse(p)
     args.clock = args.clock or ("wall" if args.device.startswith("cuda") else "process")
     global CLOCK
@@ -274,7 +274,8 @@ def main() -> None:
         overhead = statistics.median(_overheads(plain, lightning))
         common.report(name, {"plain": plain, "lightning": lightning}, baseline="plain", unit="s/step",
                       target=None if args.tiny else ("lightning", "<=", 1.05), out=args.out, device=args.device,
-                      overhead_ms_per_step=round(overhead * 1e3, 2), overrides=overrides, loader=args.loader, clock=args.clock)
+                      overhead_ms_per_step=round(overhead * 1e3, 2), overrides=overrides, loader=args.loader,
+                      clock=args.clock)
         return
     sides = ["ours", "floor"]
     per_round: dict[str, list[float]] = {s: [] for s in sides}  # median overhead of each round
