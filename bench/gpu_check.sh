@@ -7,8 +7,8 @@
 #       hydra/launcher=joblib n_jobs=7, fast settings (model.attention=sdpa trainer.precision=bf16-mixed
 #       data.device_augment=true, divergence check every 50 steps): wall time vs the 60 s target
 #   (b) the Trainer/plain ratio of the 2-layer ViT, and our per-step overhead vs bare Lightning (--tiny)
-#   (c) config 2 with model.compile=true, then with model.compile_mode=reduce-overhead (CUDA graphs)
-#   (d) Table 2 one job at a time (wall time; what running side by side saves)
+#   (c) Table 2 one job at a time (wall time, or the jobs done within its limit)
+#   (d) config 2 alone for 3 epochs: uncompiled, model.compile=true, + model.compile_mode=reduce-overhead
 #   (e) the study's plain settings (explicit attention, fp32, per-image augmentation in workers)
 #   and the other paired benchmarks of bench/ (start-up included). Results: $OUT/summary.md (epoch
 #   times beside the study's 392.75 s, 61.73 %, 1294 MB; table wall times), $OUT/results.jsonl,
@@ -79,11 +79,12 @@ say "data ready in $DATA_DIR"
 #   a. Table 2 side by side: its 7 configurations, 10 epochs each, all at once on the one GPU
 #      (hydra/launcher=joblib n_jobs=7): the wall time against the 60 s target
 #   b. the Trainer/plain ratio of the 2-layer ViT and our per-step overhead against bare Lightning's
-#   c. model.compile=true, then + model.compile_mode=reduce-overhead (CUDA graphs), config 2
-#   d. Table 2 one job at a time (the basic launcher): the wall time side by side saves
+#   c. Table 2 one job at a time (the basic launcher): the wall time side by side saves
+#   d. config 2 alone, 3 epochs: uncompiled, model.compile=true, + model.compile_mode=reduce-overhead
 #   e. the study's plain settings (config 2), then the other benchmarks
 if [ "$SMOKE" = 1 ]; then
-  LIMITS=(trainer.accelerator=cpu trainer.max_epochs=1 trainer.limit_train_batches=2
+  EPOCHS=1 SHORT=1
+  LIMITS=(trainer.accelerator=cpu trainer.limit_train_batches=2
           trainer.limit_val_batches=2 data.num_workers=0)
   COMPILE=(model.compile=aot_eager)   # inductor needs minutes of C++ builds on a CPU
   CUDAGRAPHS=()                       # reduce-overhead is a CUDA mode
@@ -91,7 +92,8 @@ if [ "$SMOKE" = 1 ]; then
   JOBS=2
   BENCH=(--repeats 1 --warmup 0)
 else
-  LIMITS=(trainer.accelerator=gpu trainer.max_epochs=10)
+  EPOCHS=10 SHORT=3   # the study's 10 epochs; compile runs: 3 (the first one compiles)
+  LIMITS=(trainer.accelerator=gpu)
   COMPILE=(model.compile=true)
   CUDAGRAPHS=(model.compile=true model.compile_mode=reduce-overhead)
   TABLE=('experiment=glob(table2_*)')
@@ -102,15 +104,15 @@ STUDY=(model=vit optimizer=adamw model.num_layers=2 model.norm=pre test=false ca
 # the finite-loss guard checks every 50 steps instead of every step (one device sync each)
 FAST=(model.attention=sdpa trainer.precision=bf16-mixed data.device_augment=true
       callbacks.finite_loss.check_every_n_steps=50)
-TABLE_ARGS=(test=false callbacks.progress_bar=null "${FAST[@]}" "${LIMITS[@]}")
+TABLE_ARGS=(test=false callbacks.progress_bar=null "${FAST[@]}" "${LIMITS[@]}" trainer.max_epochs=$EPOCHS)
 RUNS=()
-train() {  # name, seconds it may take, overrides...
-  local name=$1 limit=$(($2 * SCALE)); shift 2
+train() {  # name, seconds it may take, epochs, overrides...
+  local name=$1 limit=$(($2 * SCALE)) epochs=$3; shift 3
   if [ "$(left)" -lt 30 ]; then say "skipped $name: too little time left"; return; fi
   [ "$limit" -gt "$(left)" ] && limit=$(left)
   say "train $name: $*"
   local t0=$SECONDS
-  timeout "$limit" "$PY" train.py "${STUDY[@]}" "${LIMITS[@]}" "$@" \
+  timeout "$limit" "$PY" train.py "${STUDY[@]}" "${LIMITS[@]}" trainer.max_epochs="$epochs" "$@" \
     hydra.run.dir="$WORK/logs/$name" >"$OUT/$name.log" 2>&1
   say "train $name exited $? after $((SECONDS - t0)) s wall"
   RUNS+=("$name=$WORK/logs/$name")
@@ -144,13 +146,14 @@ bench() {  # seconds, script, args...
 DEV=$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)
 S() { if [ "$SMOKE" = 1 ]; then echo "$1"; else echo "$2"; fi; }  # smoke value | GPU value
 
-table table2_side_by_side 200 hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS
-bench 60 bench/trainer_overhead.py --device "$DEV" --repeats "$(S 1 30)" --warmup "$(S 0 5)"
-bench 60 bench/trainer_overhead.py --device "$DEV" --tiny --rounds "$(S 2 4)" --repeats "$(S 2 50)" --warmup "$(S 1 10)"
-train compile 100 "${FAST[@]}" "${COMPILE[@]}"
-[ ${#CUDAGRAPHS[@]} -gt 0 ] && train cudagraphs 100 "${FAST[@]}" "${CUDAGRAPHS[@]}"
-table table2_one_at_a_time 150
-train plain 150
+table table2_side_by_side 180 hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS
+bench 45 bench/trainer_overhead.py --device "$DEV" --repeats "$(S 1 30)" --warmup "$(S 0 5)"
+bench 45 bench/trainer_overhead.py --device "$DEV" --tiny --rounds "$(S 2 4)" --repeats "$(S 2 50)" --warmup "$(S 1 10)"
+table table2_one_at_a_time 120   # cut at its limit: the summary says how many of the 7 were done
+train fast 45 "$SHORT" "${FAST[@]}"   # the uncompiled reference for the two below, alone on the GPU
+train compile 80 "$SHORT" "${FAST[@]}" "${COMPILE[@]}"
+[ ${#CUDAGRAPHS[@]} -gt 0 ] && train cudagraphs 80 "$SHORT" "${FAST[@]}" "${CUDAGRAPHS[@]}"
+train plain 150 "$EPOCHS"
 "$PY" bench/gpu_summary.py "${RUNS[@]}" --out "$RESULTS" | tee -a "$SUMMARY"
 
 # -- 4. the other paired benchmarks on this device --------------------------------------------------
