@@ -50,7 +50,8 @@ bench: install
 	$(PY) bench/attention.py --out $(BENCH_OUT)
 	$(PY) bench/vit_vs_timm.py --out $(BENCH_OUT)
 	$(PY) bench/trainer_overhead.py --case vit --out $(BENCH_OUT)
-	$(PY) bench/trainer_overhead.py --case vit --tiny --repeats 40 --warmup 5 --out $(BENCH_OUT)
+	$(PY) bench/trainer_overhead.py --case vit --tiny --repeats 40 --warmup 5 --rounds 6 --threads 1 --out $(BENCH_OUT)
+	$(PY) bench/startup.py --out $(BENCH_OUT)
 	$(PY) bench/trainer_overhead.py --case lstm --repeats 6 --out $(BENCH_OUT)
 	$(PY) bench/data_throughput.py --out $(BENCH_OUT)
 	$(PY) bench/memory.py --out $(BENCH_OUT)
@@ -63,5 +64,5 @@ gpu-prep:
 	install -m 0644 $(SHARED)/data/cifar10-jpeg.tar.gz $(SHARED)/tools/cifar10_jpeg_to_batches.py .gpu/
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d .whl hydra-core==1.3.2 omegaconf==2.3.0
+	  -d .whl hydra-core==1.3.2 omegaconf==2.3.0 hydra-joblib-launcher==1.2.0 joblib==1.4.2
 	$(PYTHON) -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3  # sdist only on PyPI

@@ -38,6 +38,7 @@ from datamodules.augment import POLICIES, MixCollate, augment_batch, erase_batch
 from datamodules.sampling import make_loader
 from lmvit.distributed import warn_uneven_shards
 from lmvit.errors import DatasetError
+from lmvit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,33 @@ def _md5(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def md5_cache_dir() -> Path:
+    """Where the md5 sums of CIFAR-10 files already checked are kept (``$XDG_CACHE_HOME`` honoured)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lmvit" / "cifar10-md5"
+
+
+def cached_md5(path: Path) -> str:
+    """``_md5(path)``, remembered per machine for the file as it is (absolute path, size, mtime): a
+    run checks the 180 MB once, not once per job. One small file per key, written atomically, so
+    parallel jobs never clobber each other; an unwritable cache only means checking every time."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    stamp = md5_cache_dir() / key
+    try:
+        cached = stamp.read_text().strip()
+        if len(cached) == 32:
+            return cached
+    except OSError:
+        pass
+    digest = _md5(path)
+    try:
+        atomic_write_text(stamp, digest)
+    except OSError:
+        pass
+    return digest
 
 
 def load_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,7 +266,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.folder in _MD5_CHECKED:
             return
         _MD5_CHECKED.add(self.folder)
-        differing = [f for f, md5 in OFFICIAL_MD5.items() if _md5(self.folder / f) != md5]
+        differing = [f for f, md5 in OFFICIAL_MD5.items() if cached_md5(self.folder / f) != md5]
         if differing:
             log.warning(
                 "CIFAR-10 files in %s differ from the official release (md5 of %s); using them "

@@ -38,11 +38,12 @@ class LanguageModel(StudyModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
+        compile_mode: str | None = None,
         vocab_size: int | None = None,
         no_weight_decay: bool = False,
         **net_kwargs,
     ) -> None:
-        super().__init__(optimizer, scheduler, compile, no_weight_decay)
+        super().__init__(optimizer, scheduler, compile, no_weight_decay=no_weight_decay, compile_mode=compile_mode)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net_kwargs = net_kwargs
         self.net = None if vocab_size is None else LSTMLanguageModel(vocab_size, **net_kwargs)

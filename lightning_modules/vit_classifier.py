@@ -23,19 +23,21 @@ class ViTClassifier(StudyModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         compile: bool | str = False,
+        compile_mode: str | None = None,
         num_classes: int = 10,
         label_smoothing: float = 0.0,
         no_weight_decay: bool = False,
         **net_kwargs,
     ) -> None:
-        super().__init__(optimizer, scheduler, compile, no_weight_decay)
+        super().__init__(optimizer, scheduler, compile, no_weight_decay=no_weight_decay, compile_mode=compile_mode)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing}: must be a number in [0, 1)")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.label_smoothing = label_smoothing
         self.net = VisionTransformer(num_classes=num_classes, **net_kwargs)
         self.add_metric("loss", WeightedMean)  # no device sync per update (see metrics.py)
-        self.add_metric("acc", lambda: MulticlassAccuracy(num_classes, average="micro"))
+        # validate_args=False: no per-update input checks (labels come from the data module), same values
+        self.add_metric("acc", lambda: MulticlassAccuracy(num_classes, average="micro", validate_args=False))
 
     def forward(self, images):
         return self.net(images)

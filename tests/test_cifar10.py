@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+from datamodules import cifar10
 from datamodules.cifar10 import FOLDER, MEAN, STD, CIFAR10DataModule, load_batch
 from lmvit.errors import DatasetError
 
@@ -97,3 +98,21 @@ def test_corrupt_file_is_an_error_naming_the_file(data_dir, tmp_path, damage):
     with pytest.raises(DatasetError, match="test_batch"):
         dm.setup("test")
     shutil.rmtree(folder)
+
+
+def test_md5_is_computed_once_per_file_version(tmp_path, monkeypatch):
+    """The md5 check of the 180 MB runs once per machine and file: later jobs read the cached sum,
+    and a changed file (size or mtime) is hashed again."""
+    import hashlib
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"x" * 1000)
+    assert cifar10.cached_md5(path) == hashlib.md5(b"x" * 1000).hexdigest()
+    monkeypatch.setattr(cifar10, "_md5", lambda p: pytest.fail("hashed again"))
+    assert cifar10.cached_md5(path) == hashlib.md5(b"x" * 1000).hexdigest()
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path.write_bytes(b"y" * 1001)
+    assert cifar10.cached_md5(path) == hashlib.md5(b"y" * 1001).hexdigest()
+    assert not [p for p in (tmp_path / "cache").rglob(".*")]  # no temporary files left

@@ -105,6 +105,7 @@ def compose_with(*overrides):
         ("trainer.max_epochs=0", "trainer.max_epochs=0: must be an integer >= 1"),
         ("data.data_dir=/no/such/dir", "data.data_dir='/no/such/dir': directory /no/such/dir does not exist"),
         ("optimizer.lr=abc", "optimizer.lr='abc': must be a number > 0"),
+        ("model.compile_mode=fast", "model.compile_mode='fast': must be one of default, reduce-overhead"),
     ],
 )
 def test_bad_values_get_one_line_naming_setting_and_allowed(override, fragment, data_dir):

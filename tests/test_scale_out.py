@@ -3,6 +3,7 @@ search, and the SLURM launcher config. End-to-end runs use a tiny ViT on a few r
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import warnings
@@ -240,3 +241,47 @@ def test_training_order_shards_partition_the_epoch_across_processes():
     assert sorted(p for s in shards for p in s) == sorted(whole[:9])
     assert shards[1] == whole[1:9:3]
     assert isinstance(EpochShuffleSampler(10, seed=3), DistributedSampler)
+
+
+@pytest.mark.slow
+def test_table_jobs_side_by_side_keep_their_own_dirs_logs_and_caches(tmp_path, data_dir):
+    """Two jobs of a table at once (hydra/launcher=joblib n_jobs=2), both starting with an empty
+    WikiText-2 token cache and an empty md5/XDG cache: each run directory is complete and its own
+    (config, Hydra files, train.log, TensorBoard events of its own process, checkpoints, metrics),
+    and the cache both wrote at the same time holds whole files equal to a fresh tokenization."""
+    from datamodules.tokenizers import WordTokenizer
+    from datamodules.wikitext2 import FOLDER
+
+    cache = tmp_path / "token-cache"
+    run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=fast", "model=lstm",
+              "data=wikitext2_offline", "model.embedding_size=16", "model.hidden_size=16", "data.seq_len=16",
+              "trainer.max_epochs=1", "trainer.accelerator=cpu", "optimizer=adam,adamw", f"data.cache_dir={cache}",
+              log_dir=tmp_path / "logs", data_dir=data_dir, env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    (sweep,) = (tmp_path / "logs" / "debug" / "lstm" / "multiruns").iterdir()
+    runs = sorted(find_runs(sweep), key=lambda r: overrides_of(r)["optimizer"])
+    assert [overrides_of(r)["optimizer"] for r in runs] == ["adam", "adamw"] and runs[0] != runs[1]
+    pids = set()
+    for run, optimizer in zip(runs, ("Adam", "AdamW")):
+        metrics = load_metrics(run)
+        assert metrics["status"] == "completed" and metrics["epochs"] == 1, run
+        assert metrics["test"] and all(math.isfinite(v) for v in metrics["final"].values())
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["optimizer"]["_target_"].endswith(optimizer) and config["paths"]["output_dir"] == str(run)
+        assert (run / ".hydra" / "overrides.yaml").is_file()
+        assert "Wrote" in (run / "train.log").read_text()  # its own console log, to the end
+        ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+        assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts), ckpts
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        # its own optimizer's state (the study's Adam has no weight decay, AdamW 5e-4)
+        assert ckpt["optimizer_states"][0]["param_groups"][0]["weight_decay"] == (0.0 if optimizer == "Adam" else 5e-4)
+        events = event_files(run / "tensorboard")
+        assert events and {writer_pid(e) for e in events}.isdisjoint(pids)  # written by this job's process only
+        pids |= {writer_pid(e) for e in events}
+    assert len(pids) == 2  # the two jobs ran in two processes
+    # the token cache both jobs filled at once: whole files, no temporary leftovers, right contents
+    leftovers = [p.name for p in cache.iterdir() if p.name.startswith(".") and not p.name.startswith(".probe")]
+    assert leftovers == []
+    valid = data_dir / FOLDER / "wiki.valid.tokens"
+    tokenizer = WordTokenizer.from_file(valid)
+    (ids_file,) = cache.glob("wiki.valid.tokens.*.pt")
+    assert torch.equal(torch.load(ids_file).long(), tokenizer.file_ids(valid).long())

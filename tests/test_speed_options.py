@@ -26,6 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 from datamodules import cifar10
 from datamodules.augment import augment_batch, resized_crop, sample_crop_boxes
 from lightning_modules.callbacks import FiniteLossGuard
+from lightning_modules.callbacks.progress_bar import ProgressBar
 from lightning_modules.vit_classifier import ViTClassifier
 from tests.helpers import assert_close_rel, find_runs, load_metrics, run_train
 
@@ -203,13 +204,35 @@ def test_training_step_has_no_device_sync(images, case):
     trainer = pl.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         # the divergence guard with N > 1 keeps its record on the device: no sync either
-        callbacks=[spy, pl.callbacks.RichProgressBar(), FiniteLossGuard(check_every_n_steps=100)],
+        callbacks=[spy, ProgressBar(), FiniteLossGuard(check_every_n_steps=100)],
         log_every_n_steps=1000,
         enable_model_summary=False,
     )
     trainer.fit(module, DataLoader(dataset, batch_size=16))
     assert trainer.global_step == 4
     assert spy.counter.ops == [], f"device->host syncs in a training step: {spy.counter.ops}"
+
+
+def test_progress_bar_stays_live_and_epoch_metrics_match_an_independent_count(images):
+    """The bar advances every batch and shows the epoch metrics; the metric objects, logged once an
+    epoch, give the accuracy and the mean loss of every batch of the epoch."""
+    module, dataset = _vit_case(images)
+    bar = ProgressBar()
+    losses = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    module.train_acc.reset()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, callbacks=[bar, Record()], num_sanity_val_steps=0)
+    trainer.fit(module, DataLoader(dataset, batch_size=16))
+    task = bar.progress.tasks[bar.train_progress_bar_id]
+    assert task.completed == task.total == 4
+    assert set(bar._metric_component._metrics) >= {"train/loss", "train/acc"}  # shown at the epoch end
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(sum(losses) / 4, rel=1e-5)
+    assert 0.0 <= trainer.callback_metrics["train/acc"].item() <= 1.0
 
 
 # -- the options end to end --------------------------------------------------------------------
