@@ -43,8 +43,13 @@ log = logging.getLogger("eval")
 SPLITS = ("val", "test")
 
 
-def evaluate_run(run: Path, ckpt: str = "best", split: str = "test", data: dict[str, Any] | None = None,
-                 trainer: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run: Path,
+    ckpt: str = "best",
+    split: str = "test",
+    data: dict[str, Any] | None = None,
+    trainer: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Evaluate one run's checkpoint on ``split``; writes and returns ``<run>/eval/<ckpt>-<split>.json``'s content."""
     if split not in SPLITS:
         raise ConfigError(f"Invalid setting split={split!r}: must be one of {', '.join(SPLITS)}.")
@@ -105,8 +110,10 @@ def _check_keys(cfg: DictConfig, section: str, values: dict[str, Any] | None) ->
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """``eval.py``'s work: one run, or every completed run below a folder (then one CSV)."""
     if OmegaConf.is_missing(cfg, "run"):
-        raise ConfigError("Missing setting run: pass a run directory (or a sweep folder), e.g. "
-                          "python eval.py run=logs/vit/runs/<date_time>")
+        raise ConfigError(
+            "Missing setting run: pass a run directory (or a sweep folder), e.g. "
+            "python eval.py run=logs/vit/runs/<date_time>"
+        )
     target = Path(str(cfg.run)).expanduser().resolve()
     if not target.exists():
         raise ConfigError(f"Invalid setting run={cfg.run!r}: {target} does not exist.")
@@ -121,7 +128,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     if not runs:
         raise UserError(
             f"No completed run in {target}: pass a run directory made by train.py (it holds config.yaml "
-            "and checkpoints/) or a folder of them whose metrics.json say \"completed\"."
+            'and checkpoints/) or a folder of them whose metrics.json say "completed".'
         )
     results, rows = [], []
     for run in runs:
@@ -129,8 +136,14 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         result = evaluate_run(run, cfg.ckpt, cfg.split, data, trainer)
         results.append(result)
         experiment = load_metrics(run).get("experiment") or {}
-        rows.append({"run": str(run.relative_to(target)), "label": experiment.get("label"), "task": result["task"],
-                     **result["metrics"]})
+        rows.append(
+            {
+                "run": str(run.relative_to(target)),
+                "label": experiment.get("label"),
+                "task": result["task"],
+                **result["metrics"],
+            }
+        )
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)

@@ -20,14 +20,17 @@ from lmvit.errors import ConfigError
 
 def generate(cfg: DictConfig) -> Generation:
     if OmegaConf.is_missing(cfg, "run"):
-        raise ConfigError("Missing setting run: pass a language model's run directory, e.g. "
-                          "python generate.py run=logs/lstm/runs/<date_time> prompt=\"The history of\"")
+        raise ConfigError(
+            "Missing setting run: pass a language model's run directory, e.g. "
+            'python generate.py run=logs/lstm/runs/<date_time> prompt="The history of"'
+        )
     if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         raise ConfigError(f"Invalid setting device={cfg.device!r}: must be cpu or cuda.")
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
     generator = TextGenerator.from_run(cfg.run, cfg.ckpt, data=data, map_location=str(cfg.device))
-    result = generator.generate(str(cfg.prompt), max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                                top_k=cfg.top_k, seed=cfg.seed)
+    result = generator.generate(
+        str(cfg.prompt), max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed
+    )
     sep = "" if generator.tokenizer.name == "gpt2" or not cfg.prompt else " "
     print(f"{cfg.prompt}{sep}{result.text}")
     return result

@@ -30,6 +30,7 @@ from lmvit.resume import resume_config, run_identity
 
 log = logging.getLogger("train")
 
+
 def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> float | None:
     """Fit (and test) one configuration; returns the best value of the monitored metric."""
     output_dir = Path(cfg.paths.output_dir)
@@ -73,8 +74,9 @@ def main(cfg: DictConfig) -> float | None:
             cfg = resume_config(cfg, list(hydra_cfg.overrides.task))
         summary = run_summary(cfg)
         policy.on_error = summary.fail  # a job that fails, even on a bad setting, says so in metrics.json
-        reference = None if cfg.resume else reference_config(list(hydra_cfg.overrides.task),
-                                                                 dict(hydra_cfg.runtime.choices))
+        reference = (
+            None if cfg.resume else reference_config(list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
+        )
         validate(cfg, reference)
         return train(cfg, summary, run_identity(cfg)[1])
     return None  # a multirun job that failed (recorded; the sweep goes on)
@@ -90,7 +92,11 @@ def run_summary(cfg: DictConfig) -> RunSummary:
         seed=cfg.get("seed"),
         overrides=overrides,
         # which preset and which row of the study it reproduces (the report matches on it)
-        experiment={"name": choices.get("experiment"), "label": cfg.get("label"), "study_config": cfg.get("study_config")},
+        experiment={
+            "name": choices.get("experiment"),
+            "label": cfg.get("label"),
+            "study_config": cfg.get("study_config"),
+        },
     )
 
 

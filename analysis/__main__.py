@@ -26,8 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     done = int((report.runs["status"] == "completed").sum())
     print(f"{len(report.runs)} runs found, {done} completed; report written to {out}")
     verdicts = report.findings.summary["verdict"].value_counts() if report.findings is not None else {}
-    print("findings of the study: " + ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in VERDICTS)
-          + f" (see {out / 'findings.md'})")
+    print(
+        "findings of the study: "
+        + ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in VERDICTS)
+        + f" (see {out / 'findings.md'})"
+    )
     for _, run in report.not_reported.iterrows():
         print(f"  not reported ({run['status']}): {run['run']}")
     return 0

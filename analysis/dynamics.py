@@ -32,10 +32,14 @@ from analysis.study import OPTIMIZER_NAMES
 
 FILE = "dynamics.jsonl"
 LATE_RECORDS = 5  # "end of training": the mean of this many last logged steps
-NORM_CONFIGS = {"table2/6": ("pre", {"task": "vit", "num_layers": 6, "norm": "pre", "optimizer": "adamw"}),
-                "table2/7": ("post", {"task": "vit", "num_layers": 6, "norm": "post", "optimizer": "adamw"})}
-OPTIMIZER_CONFIGS = {f"table2/{i}": (opt, {"task": "vit", "num_layers": 2, "norm": "pre", "optimizer": opt})
-                     for i, opt in enumerate(("adam", "adamw", "sgd", "momentum"), start=1)}
+NORM_CONFIGS = {
+    "table2/6": ("pre", {"task": "vit", "num_layers": 6, "norm": "pre", "optimizer": "adamw"}),
+    "table2/7": ("post", {"task": "vit", "num_layers": 6, "norm": "post", "optimizer": "adamw"}),
+}
+OPTIMIZER_CONFIGS = {
+    f"table2/{i}": (opt, {"task": "vit", "num_layers": 2, "norm": "pre", "optimizer": opt})
+    for i, opt in enumerate(("adam", "adamw", "sgd", "momentum"), start=1)
+}
 
 
 @dataclass
@@ -66,11 +70,13 @@ def load_dynamics(run_dir: str | Path) -> pd.DataFrame:
 
 def block_order(blocks) -> list[str]:
     """Input side first: embed/embedding, block<i>/layer<i> by i, then the rest (head, projection)."""
+
     def key(name: str):
         m = re.fullmatch(r"(block|layer)(\d+)", name)
         if name in ("embed", "embedding"):
             return (0, 0)
         return (1, int(m.group(2))) if m else (2, 0)
+
     return sorted((b for b in set(blocks) if b != "all"), key=key)
 
 
@@ -137,8 +143,7 @@ def plot_grad_norm_by_layer(frames: dict[str, pd.DataFrame]) -> Figure:
         summary = grad_norm_summary(frame)
         for ax, when in zip(axes, ("early", "late")):
             blocks = list(summary[when])
-            ax.plot(range(len(blocks)), list(summary[when].values()), "o-", color=colors[i % len(colors)],
-                    label=label)
+            ax.plot(range(len(blocks)), list(summary[when].values()), "o-", color=colors[i % len(colors)], label=label)
             ax.set_xticks(range(len(blocks)), blocks, rotation=30)
         steps = summary["late_steps"]
         axes[0].set_title(f"first logged step (step {summary['early_step']}: initial weights)")
@@ -195,8 +200,11 @@ def _gather(runs: pd.DataFrame, configs: dict) -> tuple[dict[str, pd.DataFrame],
 
 
 def _runs_used(used: dict[str, list[str]]) -> list[str]:
-    return ["Runs: " + "; ".join(f"{label}: " + ", ".join(f"`{Path(r).name}`" for r in dirs)
-                                 for label, dirs in used.items()), ""]
+    return [
+        "Runs: "
+        + "; ".join(f"{label}: " + ", ".join(f"`{Path(r).name}`" for r in dirs) for label, dirs in used.items()),
+        "",
+    ]
 
 
 def _fmt(v) -> str:
@@ -208,9 +216,15 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
     section for the report's README (with the numbers behind the figures, or what is missing)."""
     out_dir = Path(out_dir)
     report = DynamicsReport()
-    lines = ["## Training dynamics", "",
-             ("From each run's `dynamics.jsonl` (`callbacks.dynamics`, every N optimizer steps); runs of one "
-              "configuration are averaged (n)."), ""]
+    lines = [
+        "## Training dynamics",
+        "",
+        (
+            "From each run's `dynamics.jsonl` (`callbacks.dynamics`, every N optimizer steps); runs of one "
+            "configuration are averaged (n)."
+        ),
+        "",
+    ]
 
     frames, missing, used = _gather(runs, NORM_CONFIGS)
     if frames:
@@ -218,28 +232,51 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_grad_norm_by_layer(frames).savefig(path, dpi=110)
         report.files.append(path)
-        lines += [f"![gradient norm by layer]({path.name})", "",
-                  "| configuration | early step | last/first block, early | late steps | last/first block, late |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"![gradient norm by layer]({path.name})",
+            "",
+            "| configuration | early step | last/first block, early | late steps | last/first block, late |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         rows = []
         for label, frame in frames.items():
             s = grad_norm_summary(frame)
             report.summary[label] = s
             for when in ("early", "late"):
                 steps = str(s["early_step"]) if when == "early" else "{}-{}".format(*s["late_steps"])
-                rows.append({"configuration": label, "when": when, "steps": steps, **s[when],
-                             "last/first": s[f"{when}_last_over_first"]})
-            lines.append(f"| {label} | {s['early_step']} | {_fmt(s['early_last_over_first'])} | "
-                         f"{s['late_steps'][0]}-{s['late_steps'][1]} | {_fmt(s['late_last_over_first'])} |")
+                rows.append(
+                    {
+                        "configuration": label,
+                        "when": when,
+                        "steps": steps,
+                        **s[when],
+                        "last/first": s[f"{when}_last_over_first"],
+                    }
+                )
+            lines.append(
+                f"| {label} | {s['early_step']} | {_fmt(s['early_last_over_first'])} | "
+                f"{s['late_steps'][0]}-{s['late_steps'][1]} | {_fmt(s['late_last_over_first'])} |"
+            )
         csv = out_dir / "dynamics_grad_norm_by_layer.csv"
         pd.DataFrame(rows).to_csv(csv, index=False)
         report.files.append(csv)
-        lines += ["", ("last/first: gradient norm of the last transformer block over the first one's (above 1: "
-                       f"larger gradients near the output). Every block's value: `{csv.name}`."), ""]
+        lines += [
+            "",
+            (
+                "last/first: gradient norm of the last transformer block over the first one's (above 1: "
+                f"larger gradients near the output). Every block's value: `{csv.name}`."
+            ),
+            "",
+        ]
         lines += _runs_used(used)
     if missing:
-        lines += [(f"Gradient norm by layer: no run with dynamics for {', '.join(missing)} (Table 2 configs 6 "
-                   "and 7: `python train.py -m experiment=table2_6_adamw_6l,table2_7_adamw_6l_post`)."), ""]
+        lines += [
+            (
+                f"Gradient norm by layer: no run with dynamics for {', '.join(missing)} (Table 2 configs 6 "
+                "and 7: `python train.py -m experiment=table2_6_adamw_6l,table2_7_adamw_6l_post`)."
+            ),
+            "",
+        ]
 
     frames, missing, used = _gather(runs, OPTIMIZER_CONFIGS)
     if frames:
@@ -247,22 +284,31 @@ def write_dynamics(runs: pd.DataFrame, out_dir: str | Path) -> DynamicsReport:
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_update_ratio(frames).savefig(path, dpi=110)
         report.files.append(path)
-        lines += [f"![update-to-weight ratio]({path.name})", "",
-                  "| optimizer | median update ratio (whole net, all logged steps) | end of training |",
-                  "| --- | --- | --- |"]
+        lines += [
+            f"![update-to-weight ratio]({path.name})",
+            "",
+            "| optimizer | median update ratio (whole net, all logged steps) | end of training |",
+            "| --- | --- | --- |",
+        ]
         for label, frame in frames.items():
             series = _series(frame, "update_ratio", "all")
             late = series.iloc[-LATE_RECORDS:].mean()
             report.summary[label] = {"median_update_ratio": float(series.median()), "late_update_ratio": float(late)}
             lines.append(f"| {label} | {_fmt(series.median())} | {_fmt(late)} |")
         csv = out_dir / "dynamics_update_ratio.csv"
-        pd.concat([frame[frame["metric"] == "update_ratio"].assign(configuration=label)
-                   for label, frame in frames.items()]).to_csv(csv, index=False)
+        pd.concat(
+            [frame[frame["metric"] == "update_ratio"].assign(configuration=label) for label, frame in frames.items()]
+        ).to_csv(csv, index=False)
         report.files.append(csv)
         lines += ["", f"Every logged step and block: `{csv.name}`.", ""] + _runs_used(used)
     if missing:
-        lines += [(f"Update-to-weight ratio: no run with dynamics for {', '.join(missing)} "
-                   "(Table 2 configs 1-4: `python train.py -m experiment=table2_1_adam,table2_2_adamw,"
-                   "table2_3_sgd,table2_4_momentum`)."), ""]
+        lines += [
+            (
+                f"Update-to-weight ratio: no run with dynamics for {', '.join(missing)} "
+                "(Table 2 configs 1-4: `python train.py -m experiment=table2_1_adam,table2_2_adamw,"
+                "table2_3_sgd,table2_4_momentum`)."
+            ),
+            "",
+        ]
     report.markdown = "\n".join(lines) + "\n"
     return report

@@ -49,12 +49,18 @@ def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, task: str, x: str, tit
                 mean, std = _mean_curve(data, x_col, tag)
                 if mean.empty:
                     continue
-                ax.plot(mean[x_col], mean[tag], style, color=color, marker="o", markersize=3,
-                        label=label if stage == "train" else None)
+                ax.plot(
+                    mean[x_col],
+                    mean[tag],
+                    style,
+                    color=color,
+                    marker="o",
+                    markersize=3,
+                    label=label if stage == "train" else None,
+                )
                 if n > 1 and std.notna().any():
                     any_band = True
-                    ax.fill_between(mean[x_col], mean[tag] - std, mean[tag] + std, color=color, alpha=0.15,
-                                    linewidth=0)
+                    ax.fill_between(mean[x_col], mean[tag] - std, mean[tag] + std, color=color, alpha=0.15, linewidth=0)
     for ax, name in zip(axes, ("loss", metric_name)):
         ax.set_xlabel(x_label)
         ax.set_ylabel(name)
@@ -64,8 +70,10 @@ def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, task: str, x: str, tit
         if metric == "ppl" and name == metric_name:
             ax.set_yscale("log")
     handles, _ = axes[1].get_legend_handles_labels()
-    handles += [Line2D([], [], color="black", linestyle="-", label="train"),
-                Line2D([], [], color="black", linestyle="--", label="validation")]
+    handles += [
+        Line2D([], [], color="black", linestyle="-", label="train"),
+        Line2D([], [], color="black", linestyle="--", label="validation"),
+    ]
     axes[1].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle(f"{title} ({BAND})" if any_band else title)
     return fig
@@ -101,8 +109,7 @@ def figure_specs(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, str, 
 
 def make_figures(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, Figure]:
     """Every figure :func:`figure_specs` lists, by file stem (e.g. ``figure3``)."""
-    return {stem: plot_curves(chosen, curves, task, x, title)
-            for stem, task, chosen, x, title in figure_specs(runs)}
+    return {stem: plot_curves(chosen, curves, task, x, title) for stem, task, chosen, x, title in figure_specs(runs)}
 
 
 def save_figures(figures: dict[str, Figure], out_dir: Path) -> list[Path]:

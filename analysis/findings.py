@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.runs import completed
-from analysis.stats import Difference, Summary, pooled_std, stated_spread, summarize, welch
+from analysis.stats import pooled_std, stated_spread, summarize, welch
 from analysis.study import OPTIMIZER_NAMES, study_rows
 
 K_STATED = 4.0
@@ -54,8 +54,11 @@ OVERFIT_TOL = 0.02
 VERDICTS = ("supported", "contradicted", "inconclusive", "missing")
 
 METRIC_NAMES = {
-    "val/acc": "validation accuracy", "val/ppl": "validation perplexity", "val/loss": "validation loss",
-    "train_seconds": "training time (s)", "peak_memory_mb": "GPU memory (MB)",
+    "val/acc": "validation accuracy",
+    "val/ppl": "validation perplexity",
+    "val/loss": "validation loss",
+    "train_seconds": "training time (s)",
+    "peak_memory_mb": "GPU memory (MB)",
 }
 
 
@@ -97,44 +100,88 @@ def _lstm(n: int) -> str:
 
 
 FINDINGS: tuple[Finding, ...] = (
-    Finding("adamw_vs_adam", "AdamW is slightly better and faster than Adam", "Table 2 (ViT)", (
-        Compare("vit", "val/acc", _vit(2), _vit(1), "better"),
-        Compare("vit", "train_seconds", _vit(2), _vit(1), "better"),
-    )),
-    Finding("momentum_helps_sgd", "Momentum helps SGD", "Tables 1 and 2", (
-        Compare("vit", "val/acc", _vit(4), _vit(3), "better"),
-        Compare("lstm", "val/ppl", _lstm(4), _lstm(3), "better"),
-    )),
-    Finding("sgd_worst", "SGD is the worst optimizer", "Tables 1 and 2", tuple(
-        [Compare("vit", "val/acc", _vit(i), _vit(3), "better") for i in (1, 2, 4)]
-        + [Compare("lstm", "val/ppl", _lstm(i), _lstm(3), "better") for i in (1, 2, 4)]
-    )),
-    Finding("adam_best_lstm", "Adam and AdamW are the best optimizers for the LSTM", "Table 1", tuple(
-        Compare("lstm", "val/ppl", _lstm(a), _lstm(b), "better") for a in (1, 2) for b in (3, 4)
-    )),
-    Finding("sgd_fastest", "SGD is the fastest per epoch", "Tables 1 and 2", tuple(
-        [Compare("vit", "train_seconds", _vit(3), _vit(i), "better") for i in (1, 2, 4)]
-        + [Compare("lstm", "train_seconds", _lstm(3), _lstm(i), "better") for i in (1, 2, 4)]
-    )),
-    Finding("depth_helps_vit", "Depth helps the ViT (2 -> 4 -> 6 layers)", "Table 2", (
-        Compare("vit", "val/acc", _vit(5), _vit(2), "better"),
-        Compare("vit", "val/acc", _vit(6), _vit(5), "better"),
-    )),
-    Finding("prenorm_beats_postnorm", "Pre-norm beats post-norm at 6 layers", "Table 2", (
-        Compare("vit", "val/acc", _vit(6), _vit(7), "better"),
-    )),
-    Finding("memory_depth_not_optimizer", "GPU memory grows with depth, not with the optimizer", "Table 3", (
-        Compare("vit", "peak_memory_mb", _vit(5), _vit(2), "larger"),
-        Compare("vit", "peak_memory_mb", _vit(6), _vit(5), "larger"),
-        *(Compare("vit", "peak_memory_mb", _vit(i), _vit(2), "similar", 0.05) for i in (1, 3, 4)),
-    )),
-    Finding("no_overfitting", "No overfitting in 10 epochs (ViT)", "Table 2", (
-        NoOverfitting("vit", tuple(_vit(i) for i in range(1, 8))),
-    )),
-    Finding("lstm_layers_do_not_help", "More LSTM layers do not help", "Table 1", (
-        Compare("lstm", "val/ppl", _lstm(5), _lstm(2), "not_better", 0.01),
-        Compare("lstm", "val/ppl", _lstm(6), _lstm(2), "not_better", 0.01),
-    )),
+    Finding(
+        "adamw_vs_adam",
+        "AdamW is slightly better and faster than Adam",
+        "Table 2 (ViT)",
+        (
+            Compare("vit", "val/acc", _vit(2), _vit(1), "better"),
+            Compare("vit", "train_seconds", _vit(2), _vit(1), "better"),
+        ),
+    ),
+    Finding(
+        "momentum_helps_sgd",
+        "Momentum helps SGD",
+        "Tables 1 and 2",
+        (
+            Compare("vit", "val/acc", _vit(4), _vit(3), "better"),
+            Compare("lstm", "val/ppl", _lstm(4), _lstm(3), "better"),
+        ),
+    ),
+    Finding(
+        "sgd_worst",
+        "SGD is the worst optimizer",
+        "Tables 1 and 2",
+        tuple(
+            [Compare("vit", "val/acc", _vit(i), _vit(3), "better") for i in (1, 2, 4)]
+            + [Compare("lstm", "val/ppl", _lstm(i), _lstm(3), "better") for i in (1, 2, 4)]
+        ),
+    ),
+    Finding(
+        "adam_best_lstm",
+        "Adam and AdamW are the best optimizers for the LSTM",
+        "Table 1",
+        tuple(Compare("lstm", "val/ppl", _lstm(a), _lstm(b), "better") for a in (1, 2) for b in (3, 4)),
+    ),
+    Finding(
+        "sgd_fastest",
+        "SGD is the fastest per epoch",
+        "Tables 1 and 2",
+        tuple(
+            [Compare("vit", "train_seconds", _vit(3), _vit(i), "better") for i in (1, 2, 4)]
+            + [Compare("lstm", "train_seconds", _lstm(3), _lstm(i), "better") for i in (1, 2, 4)]
+        ),
+    ),
+    Finding(
+        "depth_helps_vit",
+        "Depth helps the ViT (2 -> 4 -> 6 layers)",
+        "Table 2",
+        (
+            Compare("vit", "val/acc", _vit(5), _vit(2), "better"),
+            Compare("vit", "val/acc", _vit(6), _vit(5), "better"),
+        ),
+    ),
+    Finding(
+        "prenorm_beats_postnorm",
+        "Pre-norm beats post-norm at 6 layers",
+        "Table 2",
+        (Compare("vit", "val/acc", _vit(6), _vit(7), "better"),),
+    ),
+    Finding(
+        "memory_depth_not_optimizer",
+        "GPU memory grows with depth, not with the optimizer",
+        "Table 3",
+        (
+            Compare("vit", "peak_memory_mb", _vit(5), _vit(2), "larger"),
+            Compare("vit", "peak_memory_mb", _vit(6), _vit(5), "larger"),
+            *(Compare("vit", "peak_memory_mb", _vit(i), _vit(2), "similar", 0.05) for i in (1, 3, 4)),
+        ),
+    ),
+    Finding(
+        "no_overfitting",
+        "No overfitting in 10 epochs (ViT)",
+        "Table 2",
+        (NoOverfitting("vit", tuple(_vit(i) for i in range(1, 8))),),
+    ),
+    Finding(
+        "lstm_layers_do_not_help",
+        "More LSTM layers do not help",
+        "Table 1",
+        (
+            Compare("lstm", "val/ppl", _lstm(5), _lstm(2), "not_better", 0.01),
+            Compare("lstm", "val/ppl", _lstm(6), _lstm(2), "not_better", 0.01),
+        ),
+    ),
 )
 
 
@@ -168,8 +215,9 @@ def budget(run: pd.Series, with_lr: bool = True) -> str:
 
 def seeds(members: pd.DataFrame) -> str:
     """The seeds of a configuration's runs, e.g. ``1, 2, 3``."""
-    return ", ".join(str(int(s)) if isinstance(s, (int, float, np.number)) and pd.notna(s) else str(s)
-                     for s in members["seed"])
+    return ", ".join(
+        str(int(s)) if isinstance(s, (int, float, np.number)) and pd.notna(s) else str(s) for s in members["seed"]
+    )
 
 
 def _folders(members: pd.DataFrame) -> str:
@@ -215,7 +263,11 @@ class _Groups:
             sigma = rel * abs(reference)
             source = f"assumed: {rel * 100:g}% of the compared value (no seeds to measure it)"
         self.spreads[(task, metric, budget(first))] = {
-            "task": task, "metric": metric, "setting": budget(first), "sigma": sigma, "source": source,
+            "task": task,
+            "metric": metric,
+            "setting": budget(first),
+            "sigma": sigma,
+            "source": source,
         }
         return sigma, source
 
@@ -232,8 +284,12 @@ def _interval(claim: str, lo: float, hi: float, margin: float) -> str:
     raise ValueError(f"unknown claim {claim!r}")
 
 
-CLAIM_WORDS = {"better": "better than", "larger": "larger than", "not_better": "not better than",
-               "similar": "about equal to"}
+CLAIM_WORDS = {
+    "better": "better than",
+    "larger": "larger than",
+    "not_better": "not better than",
+    "similar": "about equal to",
+}
 
 
 def _check_text(check) -> str:
@@ -255,8 +311,14 @@ def _compare(finding: Finding, check: Compare, groups: _Groups) -> list[dict]:
         return [_missing(finding, check, "no completed runs of " + " and ".join(_label(c) for c in lacking))]
     settings = [s for s in dict.fromkeys(side_a["setting"]) if s in set(side_b["setting"])]
     if not settings:
-        return [_missing(finding, check, f"runs of {check.a} and {check.b} exist but never at the same setting "
-                         "(epochs, data, lr, ...): nothing to compare")]
+        return [
+            _missing(
+                finding,
+                check,
+                f"runs of {check.a} and {check.b} exist but never at the same setting "
+                "(epochs, data, lr, ...): nothing to compare",
+            )
+        ]
     rows = []
     for setting in settings:
         a = side_a[side_a["setting"] == setting]
@@ -267,16 +329,30 @@ def _compare(finding: Finding, check: Compare, groups: _Groups) -> list[dict]:
         va, vb = groups.values(a, check.metric), groups.values(b, check.metric)
         first = a.iloc[0]
         base = {
-            "finding": finding.key, "check": _check_text(check), "task": check.task, "metric": check.metric,
-            "setting": budget(first), "A": a.iloc[0]["label"], "B": b.iloc[0]["label"],
-            "runs A": "; ".join(a["run"]), "runs B": "; ".join(b["run"]),
-            "seeds A": seeds(a), "seeds B": seeds(b),
-            "folders A": _folders(a), "folders B": _folders(b),
+            "finding": finding.key,
+            "check": _check_text(check),
+            "task": check.task,
+            "metric": check.metric,
+            "setting": budget(first),
+            "A": a.iloc[0]["label"],
+            "B": b.iloc[0]["label"],
+            "runs A": "; ".join(a["run"]),
+            "runs B": "; ".join(b["run"]),
+            "seeds A": seeds(a),
+            "seeds B": seeds(b),
+            "folders A": _folders(a),
+            "folders B": _folders(b),
         }
         if va.empty or vb.empty:
             what = "GPU memory (CPU runs record none)" if check.metric == "peak_memory_mb" else check.metric
-            rows.append({**base, "verdict": "missing", "reason": f"no {what} in the runs of "
-                         + " and ".join(c for c, v in ((check.a, va), (check.b, vb)) if v.empty)})
+            rows.append(
+                {
+                    **base,
+                    "verdict": "missing",
+                    "reason": f"no {what} in the runs of "
+                    + " and ".join(c for c, v in ((check.a, va), (check.b, vb)) if v.empty),
+                }
+            )
             continue
         sa, sb = summarize(va), summarize(vb)
         if sa.n >= 2 and sb.n >= 2:
@@ -287,12 +363,26 @@ def _compare(finding: Finding, check: Compare, groups: _Groups) -> list[dict]:
         sign = 1.0 if check.claim in ("larger", "similar") or higher_is_better(check.metric) else -1.0
         lo, hi = sorted((sign * diff.ci_low, sign * diff.ci_high))
         margin = check.margin_rel * abs(sb.mean)
-        rows.append({
-            **base, "verdict": _interval(check.claim, lo, hi, margin), "n A": sa.n, "n B": sb.n,
-            "mean A": sa.mean, "mean B": sb.mean, "std A": sa.std, "std B": sb.std, "diff": diff.diff,
-            "ci low": diff.ci_low, "ci high": diff.ci_high, "method": diff.method, "p": diff.p,
-            "sigma": sigma, "basis": source, "margin": margin if check.margin_rel else math.nan,
-        })
+        rows.append(
+            {
+                **base,
+                "verdict": _interval(check.claim, lo, hi, margin),
+                "n A": sa.n,
+                "n B": sb.n,
+                "mean A": sa.mean,
+                "mean B": sb.mean,
+                "std A": sa.std,
+                "std B": sb.std,
+                "diff": diff.diff,
+                "ci low": diff.ci_low,
+                "ci high": diff.ci_high,
+                "method": diff.method,
+                "p": diff.p,
+                "sigma": sigma,
+                "basis": source,
+                "margin": margin if check.margin_rel else math.nan,
+            }
+        )
     return rows
 
 
@@ -322,19 +412,31 @@ def _overfitting(finding: Finding, check: NoOverfitting, groups: _Groups) -> lis
                 continue
             over = [r > OVERFIT_TOL for r in rises]
             verdict = "contradicted" if all(over) else "supported" if not any(over) else "inconclusive"
-            rows.append({
-                "finding": finding.key, "check": f"{_label(config)}: no overfitting within {check.epochs} epochs",
-                "task": check.task, "metric": "val/loss", "setting": budget(first), "A": first["label"],
-                "runs A": "; ".join(group["run"]), "seeds A": seeds(group), "folders A": _folders(group),
-                "verdict": verdict, "n A": len(rises), "mean A": float(np.mean(rises)),
-                "basis": (f"validation loss at epoch {check.epochs} vs its minimum over epochs 1-{check.epochs}: "
-                          f"{', '.join(f'{r:+.1%}' for r in rises)} (overfitting: > +{OVERFIT_TOL:.0%}); "
-                          f"val - train loss at epoch {check.epochs}: {np.nanmean(gaps):+.3f}"),
-            })
+            rows.append(
+                {
+                    "finding": finding.key,
+                    "check": f"{_label(config)}: no overfitting within {check.epochs} epochs",
+                    "task": check.task,
+                    "metric": "val/loss",
+                    "setting": budget(first),
+                    "A": first["label"],
+                    "runs A": "; ".join(group["run"]),
+                    "seeds A": seeds(group),
+                    "folders A": _folders(group),
+                    "verdict": verdict,
+                    "n A": len(rises),
+                    "mean A": float(np.mean(rises)),
+                    "basis": (
+                        f"validation loss at epoch {check.epochs} vs its minimum over epochs 1-{check.epochs}: "
+                        f"{', '.join(f'{r:+.1%}' for r in rises)} (overfitting: > +{OVERFIT_TOL:.0%}); "
+                        f"val - train loss at epoch {check.epochs}: {np.nanmean(gaps):+.3f}"
+                    ),
+                }
+            )
     if not rows:
-        reason = (f"no run with {check.epochs} epochs of history"
-                  + (f" (shorter runs: {'; '.join(short)})" if short
-                     else ": no completed runs of these configurations"))
+        reason = f"no run with {check.epochs} epochs of history" + (
+            f" (shorter runs: {'; '.join(short)})" if short else ": no completed runs of these configurations"
+        )
         return [_missing(finding, check, reason)]
     return rows
 
@@ -350,9 +452,9 @@ def _overall(verdicts: list[str]) -> str:
 
 @dataclass
 class Findings:
-    summary: pd.DataFrame   # one row per finding: key, claim, source, verdict, checks with/without runs
-    checks: pd.DataFrame    # one row per check and setting: the numbers and the runs behind the verdict
-    spreads: pd.DataFrame   # the run-to-run spreads stated for single-seed comparisons
+    summary: pd.DataFrame  # one row per finding: key, claim, source, verdict, checks with/without runs
+    checks: pd.DataFrame  # one row per check and setting: the numbers and the runs behind the verdict
+    spreads: pd.DataFrame  # the run-to-run spreads stated for single-seed comparisons
 
 
 def check_findings(runs: pd.DataFrame, findings: tuple[Finding, ...] = FINDINGS) -> Findings:
@@ -362,13 +464,21 @@ def check_findings(runs: pd.DataFrame, findings: tuple[Finding, ...] = FINDINGS)
     for finding in findings:
         rows = []
         for check in finding.checks:
-            rows += _overfitting(finding, check, groups) if isinstance(check, NoOverfitting) else \
-                _compare(finding, check, groups)
+            rows += (
+                _overfitting(finding, check, groups)
+                if isinstance(check, NoOverfitting)
+                else _compare(finding, check, groups)
+            )
         verdicts = [r["verdict"] for r in rows]
-        summary.append({
-            "finding": finding.key, "claim": finding.claim, "source": finding.source, "verdict": _overall(verdicts),
-            **{v: verdicts.count(v) for v in VERDICTS},
-        })
+        summary.append(
+            {
+                "finding": finding.key,
+                "claim": finding.claim,
+                "source": finding.source,
+                "verdict": _overall(verdicts),
+                **{v: verdicts.count(v) for v in VERDICTS},
+            }
+        )
         checks += rows
     return Findings(pd.DataFrame(summary), pd.DataFrame(checks), pd.DataFrame(list(groups.spreads.values())))
 
@@ -384,18 +494,23 @@ def _numbers(row: pd.Series) -> str:
     if row.get("metric") == "val/loss" and pd.isna(row.get("mean B")):  # overfitting check
         return row["basis"]
     d = _digits(row["metric"])
+
     def side(s: str) -> str:
         spread = f" ± {row[f'std {s}']:.{d}f}" if pd.notna(row.get(f"std {s}")) else ""
         return f"{s} {row[f'mean {s}']:.{d}f}{spread} (n={int(row[f'n {s}'])})"
 
     interval = "95% CI" if row["method"] == "welch" else "interval"
-    text = (f"{side('A')} vs {side('B')}: "
-            f"diff {row['diff']:+.{d}f}, {interval} [{row['ci low']:+.{d}f}, {row['ci high']:+.{d}f}]")
+    text = (
+        f"{side('A')} vs {side('B')}: "
+        f"diff {row['diff']:+.{d}f}, {interval} [{row['ci low']:+.{d}f}, {row['ci high']:+.{d}f}]"
+    )
     if row["method"] == "welch":
         text += f" (Welch, p={row['p']:.3g})"
     else:
-        text += (f" = diff -+ {K_STATED:g} x {row['sigma']:.4g} x sqrt(1/nA + 1/nB) "
-                 f"(one run on a side; spread {row['basis']})")
+        text += (
+            f" = diff -+ {K_STATED:g} x {row['sigma']:.4g} x sqrt(1/nA + 1/nB) "
+            f"(one run on a side; spread {row['basis']})"
+        )
     if pd.notna(row.get("margin")):
         text += f"; margin {row['margin']:.{d}f}"
     return text
@@ -420,7 +535,7 @@ def to_markdown(result: Findings) -> str:
     for _, f in result.summary.iterrows():
         lines += [f"### {f['claim']}: {f['verdict']}", ""]
         rows = result.checks[result.checks["finding"] == f["finding"]] if not result.checks.empty else []
-        for _, row in (rows.iterrows() if len(rows) else []):
+        for _, row in rows.iterrows() if len(rows) else []:
             setting = f" [{row['setting']}]" if isinstance(row.get("setting"), str) else ""
             lines.append(f"- **{row['verdict']}**: {row['check']}{setting}. {_numbers(row)}")
             if isinstance(row.get("runs A"), str):
@@ -430,9 +545,13 @@ def to_markdown(result: Findings) -> str:
                 lines.append(f"  - runs (without seed=N; paths in findings.csv): {used}")
         lines.append("")
     if not result.spreads.empty:
-        lines += ["Run-to-run spread stated for comparisons with a single run on a side "
-                  f"(one run supports or contradicts only beyond {K_STATED:g} standard deviations):", "",
-                  "| task | metric | setting | std of one run | source |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "Run-to-run spread stated for comparisons with a single run on a side "
+            f"(one run supports or contradicts only beyond {K_STATED:g} standard deviations):",
+            "",
+            "| task | metric | setting | std of one run | source |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for _, s in result.spreads.iterrows():
             lines.append(f"| {s['task']} | {s['metric']} | {s['setting']} | {s['sigma']:.4g} | {s['source']} |")
         lines.append("")

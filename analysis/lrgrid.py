@@ -36,7 +36,7 @@ NOT_REPORTED = ("completed", "duplicate")
 @dataclass
 class LrGrids:
     points: pd.DataFrame  # one row per (grid, learning rate): its summary over seeds
-    best: pd.DataFrame    # one row per grid (optimizer and setting): its best learning rate, ranked
+    best: pd.DataFrame  # one row per grid (optimizer and setting): its best learning rate, ranked
 
 
 def _monitor(first: pd.Series) -> tuple[str, str]:
@@ -75,13 +75,26 @@ def lr_grids(runs: pd.DataFrame) -> LrGrids:
         for lr, at_lr in members.groupby(lrs):
             summary = summarize(_values(at_lr, metric))
             grid.append((float(lr), summary, at_lr))
-            points.append({
-                "task": first["task"], "optimizer": first["optimizer_name"], "model": _model(first),
-                "setting": budget(first, with_lr=False), "lr": float(lr), "metric": metric, "mode": mode,
-                "mean": summary.mean, "std": summary.std, "n": summary.n, "ci95 low": summary.ci_low,
-                "ci95 high": summary.ci_high, "seeds": seeds(at_lr), "runs": "; ".join(at_lr["run"]),
-                "family": family, "lr_setting": first["lr_setting"],
-            })
+            points.append(
+                {
+                    "task": first["task"],
+                    "optimizer": first["optimizer_name"],
+                    "model": _model(first),
+                    "setting": budget(first, with_lr=False),
+                    "lr": float(lr),
+                    "metric": metric,
+                    "mode": mode,
+                    "mean": summary.mean,
+                    "std": summary.std,
+                    "n": summary.n,
+                    "ci95 low": summary.ci_low,
+                    "ci95 high": summary.ci_high,
+                    "seeds": seeds(at_lr),
+                    "runs": "; ".join(at_lr["run"]),
+                    "family": family,
+                    "lr_setting": first["lr_setting"],
+                }
+            )
         scored = [g for g in grid if g[1].n and math.isfinite(g[1].mean)]
         if not scored:
             continue
@@ -93,24 +106,42 @@ def lr_grids(runs: pd.DataFrame) -> LrGrids:
         if lr == grid_lrs[0] or lr == grid_lrs[-1]:
             notes.append(f"best at the grid's {'lower' if lr == grid_lrs[0] else 'upper'} edge: extend the grid")
         if not others.empty:
-            notes.append("not completed: " + ", ".join(
-                f"lr {o['lr']:g} {o['status']}" for _, o in others.sort_values("lr").iterrows()))
+            notes.append(
+                "not completed: "
+                + ", ".join(f"lr {o['lr']:g} {o['status']}" for _, o in others.sort_values("lr").iterrows())
+            )
         study_lr = STUDY_LR.get(first["task"])
         at_study = next((g[1] for g in grid if study_lr and math.isclose(g[0], study_lr, rel_tol=1e-9)), None)
-        best.append({
-            "task": first["task"], "model": _model(first), "setting": budget(first, with_lr=False),
-            "optimizer": first["optimizer_name"], "metric": metric, "mode": mode, "best lr": lr,
-            "mean": summary.mean, "std": summary.std, "n": summary.n, "ci95 low": summary.ci_low,
-            "ci95 high": summary.ci_high, "seeds": seeds(at_lr),
-            "study lr": study_lr, "mean at study lr": at_study.mean if at_study else np.nan,
-            "n at study lr": at_study.n if at_study else 0,
-            "grid": ", ".join(f"{x:g}" for x in grid_lrs),
-            "runs per lr": ", ".join(str(g[1].n) for g in sorted(grid, key=lambda g: g[0])),
-            "epochs": first.get("epochs"), "max_epochs": first.get("max_epochs"),
-            "train_subset": first.get("train_subset"), "note": "; ".join(notes),
-            "runs": "; ".join(at_lr["run"]), "family": family, "lr_setting": first["lr_setting"],
-            "_summary": summary,
-        })
+        best.append(
+            {
+                "task": first["task"],
+                "model": _model(first),
+                "setting": budget(first, with_lr=False),
+                "optimizer": first["optimizer_name"],
+                "metric": metric,
+                "mode": mode,
+                "best lr": lr,
+                "mean": summary.mean,
+                "std": summary.std,
+                "n": summary.n,
+                "ci95 low": summary.ci_low,
+                "ci95 high": summary.ci_high,
+                "seeds": seeds(at_lr),
+                "study lr": study_lr,
+                "mean at study lr": at_study.mean if at_study else np.nan,
+                "n at study lr": at_study.n if at_study else 0,
+                "grid": ", ".join(f"{x:g}" for x in grid_lrs),
+                "runs per lr": ", ".join(str(g[1].n) for g in sorted(grid, key=lambda g: g[0])),
+                "epochs": first.get("epochs"),
+                "max_epochs": first.get("max_epochs"),
+                "train_subset": first.get("train_subset"),
+                "note": "; ".join(notes),
+                "runs": "; ".join(at_lr["run"]),
+                "family": family,
+                "lr_setting": first["lr_setting"],
+                "_summary": summary,
+            }
+        )
     best_frame = _rank(pd.DataFrame(best), done)
     return LrGrids(pd.DataFrame(points), best_frame)
 
@@ -132,8 +163,13 @@ def _rank(best: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
         rows = []
         for i, row in same.iterrows():
             s: Summary = row["_summary"]
-            out = {"diff vs best": np.nan, "ci95 low vs best": np.nan, "ci95 high vs best": np.nan,
-                   "p vs best": np.nan, "vs best": "" if i else "best"}
+            out = {
+                "diff vs best": np.nan,
+                "ci95 low vs best": np.nan,
+                "ci95 high vs best": np.nan,
+                "p vs best": np.nan,
+                "vs best": "" if i else "best",
+            }
             if i:
                 if s.n >= 2 and top.n >= 2:
                     d = welch(s, top)
@@ -141,11 +177,19 @@ def _rank(best: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
                 else:
                     spread = sigma if pooled else _default_spread(metric) * abs(top.mean)
                     d = stated_spread(s, top, spread, K_STATED)
-                    basis = (f"one run on a side: diff -+ {K_STATED:g} x {spread:.3g} x sqrt(1/nA+1/nB), "
-                             + ("measured spread" if pooled else "assumed spread"))
+                    basis = f"one run on a side: diff -+ {K_STATED:g} x {spread:.3g} x sqrt(1/nA+1/nB), " + (
+                        "measured spread" if pooled else "assumed spread"
+                    )
                 worse = d.ci_high < 0 if mode == "max" else d.ci_low > 0
-                out.update({"diff vs best": d.diff, "ci95 low vs best": d.ci_low, "ci95 high vs best": d.ci_high,
-                            "p vs best": d.p, "vs best": ("worse" if worse else "not distinguishable") + f" ({basis})"})
+                out.update(
+                    {
+                        "diff vs best": d.diff,
+                        "ci95 low vs best": d.ci_low,
+                        "ci95 high vs best": d.ci_high,
+                        "p vs best": d.p,
+                        "vs best": ("worse" if worse else "not distinguishable") + f" ({basis})",
+                    }
+                )
             rows.append(out)
         frames.append(pd.concat([same, pd.DataFrame(rows)], axis=1))
     return pd.concat(frames, ignore_index=True).drop(columns="_summary")
@@ -163,8 +207,10 @@ def to_markdown(grids: LrGrids) -> str:
     """One table per setting: the optimizers at their best learning rate, best first."""
     best = grids.best
     if best.empty:
-        return ("_No learning-rate grid among these runs (runs of one configuration at two or more "
-                "learning rates): see README, \"A fair comparison of optimizers\"._\n")
+        return (
+            "_No learning-rate grid among these runs (runs of one configuration at two or more "
+            'learning rates): see README, "A fair comparison of optimizers"._\n'
+        )
     lines = []
     for _, same in best.groupby("lr_setting", sort=False):
         first = same.iloc[0]
@@ -184,14 +230,25 @@ def to_markdown(grids: LrGrids) -> str:
         ]
         for _, row in same.iterrows():
             value = _fmt(row["mean"], digits) + (
-                f" ± {_fmt(row['std'], digits)} (n={row['n']})" if row["n"] > 1 else " (n=1)")
-            vs = row["vs best"] if row["rank"] == 1 else (
-                f"{row['diff vs best']:+.{digits}f} [{row['ci95 low vs best']:+.{digits}f}, "
-                f"{row['ci95 high vs best']:+.{digits}f}]: {row['vs best']}")
-            at_study = (f"{_fmt(row['mean at study lr'], digits)} (lr {row['study lr']:g}, n={row['n at study lr']})"
-                        if row["n at study lr"] else "not in the grid")
+                f" ± {_fmt(row['std'], digits)} (n={row['n']})" if row["n"] > 1 else " (n=1)"
+            )
+            vs = (
+                row["vs best"]
+                if row["rank"] == 1
+                else (
+                    f"{row['diff vs best']:+.{digits}f} [{row['ci95 low vs best']:+.{digits}f}, "
+                    f"{row['ci95 high vs best']:+.{digits}f}]: {row['vs best']}"
+                )
+            )
+            at_study = (
+                f"{_fmt(row['mean at study lr'], digits)} (lr {row['study lr']:g}, n={row['n at study lr']})"
+                if row["n at study lr"]
+                else "not in the grid"
+            )
             grid = ", ".join(f"{lr}: {n}" for lr, n in zip(row["grid"].split(", "), row["runs per lr"].split(", ")))
-            lines.append(f"| {row['rank']} | {row['optimizer']} | {row['best lr']:g} | {value} | {vs} | {at_study} "
-                         f"| {grid} | {row['note']} |")
+            lines.append(
+                f"| {row['rank']} | {row['optimizer']} | {row['best lr']:g} | {value} | {vs} | {at_study} "
+                f"| {grid} | {row['note']} |"
+            )
         lines.append("")
     return "\n".join(lines)

@@ -23,8 +23,21 @@ ANCHORS = {
     "vit": "omihub777/ViT-CIFAR: 90.92% test acc, 200 epochs, 6.3M params (GoogLeNet in the study: 90.4%)",
     "lstm": "the study's LSTM 1L AdamW: train PPL 81.0 vs val 144.6 at 10 epochs (overfits)",
 }
-COLUMNS = ["Experiment", "Label", "Recipe", "Epochs", "Params", "Best val", "Val (EMA)", "Test",
-           "Metric", "Study's best", "Train time", "Anchor", "Run"]
+COLUMNS = [
+    "Experiment",
+    "Label",
+    "Recipe",
+    "Epochs",
+    "Params",
+    "Best val",
+    "Val (EMA)",
+    "Test",
+    "Metric",
+    "Study's best",
+    "Train time",
+    "Anchor",
+    "Run",
+]
 
 
 def _fmt(value: Any) -> str:
@@ -36,13 +49,20 @@ def recipe(config: dict[str, Any]) -> str:
     get = lambda key, default=None: _get(config, key, default)  # noqa: E731
     parts = []
     if config.get("task") == "vit":
-        parts.append(f"{get('model.embed_dim')}d {get('model.num_layers')}L {get('model.num_heads')}h "
-                     f"p{get('model.patch_size')} mlp {get('model.hidden_dim')}")
+        parts.append(
+            f"{get('model.embed_dim')}d {get('model.num_layers')}L {get('model.num_heads')}h "
+            f"p{get('model.patch_size')} mlp {get('model.hidden_dim')}"
+        )
         parts.append(f"aug: flip+crop{' + ' + get('data.augment') if get('data.augment') else ''}")
-        for key, name in (("data.random_erasing", "erasing p"), ("data.mixup", "mixup a"),
-                          ("data.cutmix", "cutmix a"), ("model.label_smoothing", "LS "),
-                          ("model.drop_path", "drop path "), ("model.dropout", "dropout "),
-                          ("model.attn_dropout", "attn dropout ")):
+        for key, name in (
+            ("data.random_erasing", "erasing p"),
+            ("data.mixup", "mixup a"),
+            ("data.cutmix", "cutmix a"),
+            ("model.label_smoothing", "LS "),
+            ("model.drop_path", "drop path "),
+            ("model.dropout", "dropout "),
+            ("model.attn_dropout", "attn dropout "),
+        ):
             if get(key):
                 parts.append(f"{name}{_fmt(get(key))}")
     else:
@@ -51,8 +71,10 @@ def recipe(config: dict[str, Any]) -> str:
             if get(key):
                 parts.append(f"{name}{_fmt(get(key))}")
     optimizer = str(get("optimizer._target_", "")).rsplit(".", 1)[-1]
-    parts.append(f"{optimizer} lr {_fmt(get('optimizer.lr'))} wd {_fmt(get('optimizer.weight_decay', 0))}"
-                 + (" (no decay on norms/biases/embeddings)" if get("model.no_weight_decay") else ""))
+    parts.append(
+        f"{optimizer} lr {_fmt(get('optimizer.lr'))} wd {_fmt(get('optimizer.weight_decay', 0))}"
+        + (" (no decay on norms/biases/embeddings)" if get("model.no_weight_decay") else "")
+    )
     if get("scheduler._target_"):
         parts.append(f"warm-up {_fmt(get('scheduler.warmup_fraction'))} + cosine")
     if get("trainer.gradient_clip_val"):
@@ -77,21 +99,23 @@ def beyond_table(runs: pd.DataFrame) -> pd.DataFrame:
         metric = "val/acc" if task == "vit" else "val/ppl"
         best = run.get(f"best:{metric}", np.nan)
         row_key, study_metric = STUDY_BEST[task]
-        rows.append({
-            "Experiment": run["experiment"],
-            "Label": run["label"],
-            "Recipe": recipe(_read_config(Path(run["run"]))),
-            "Epochs": run.get("epochs"),
-            "Params": run.get("params"),
-            "Best val": best if pd.notna(best) else run.get(metric, np.nan),
-            "Val (EMA)": run.get(f"{metric}_ema", np.nan),
-            "Test": run.get("test/acc" if task == "vit" else "test/ppl", np.nan),
-            "Metric": "accuracy" if task == "vit" else "perplexity",
-            "Study's best": f"{study.at[row_key, study_metric]:g} ({row_key})",
-            "Train time": run.get("train_seconds", np.nan),
-            "Anchor": ANCHORS[task],
-            "Run": run["run"],
-        })
+        rows.append(
+            {
+                "Experiment": run["experiment"],
+                "Label": run["label"],
+                "Recipe": recipe(_read_config(Path(run["run"]))),
+                "Epochs": run.get("epochs"),
+                "Params": run.get("params"),
+                "Best val": best if pd.notna(best) else run.get(metric, np.nan),
+                "Val (EMA)": run.get(f"{metric}_ema", np.nan),
+                "Test": run.get("test/acc" if task == "vit" else "test/ppl", np.nan),
+                "Metric": "accuracy" if task == "vit" else "perplexity",
+                "Study's best": f"{study.at[row_key, study_metric]:g} ({row_key})",
+                "Train time": run.get("train_seconds", np.nan),
+                "Anchor": ANCHORS[task],
+                "Run": run["run"],
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

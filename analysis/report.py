@@ -24,12 +24,12 @@ import pandas as pd
 
 from analysis import findings as findings_md
 from analysis import lrgrid as lrgrid_md
+from analysis.dynamics import write_dynamics
 from analysis.figures import BAND, make_figures, save_figures
 from analysis.findings import Findings, check_findings
 from analysis.lrgrid import LrGrids, lr_grids
 from analysis.recipes import TITLES as BEYOND_TITLES  # runs beyond the study
 from analysis.recipes import beyond_tables
-from analysis.dynamics import write_dynamics
 from analysis.runs import completed, epoch_curves, load_runs, load_scalars
 from analysis.tables import all_tables, to_markdown
 
@@ -61,8 +61,13 @@ def build_report(paths: str | Path | Iterable[str | Path]) -> Report:
     runs = load_runs(paths)
     done = completed(runs)
     curves = epoch_curves(load_scalars(done["run"])) if not done.empty else epoch_curves(pd.DataFrame())
-    return Report(runs=runs, curves=curves, tables={**all_tables(runs), **beyond_tables(runs)},
-                  findings=check_findings(runs), lr_grids=lr_grids(runs))
+    return Report(
+        runs=runs,
+        curves=curves,
+        tables={**all_tables(runs), **beyond_tables(runs)},
+        findings=check_findings(runs),
+        lr_grids=lr_grids(runs),
+    )
 
 
 def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path | None = None) -> Report:
@@ -117,10 +122,22 @@ def _index(report: Report, files: list[Path], paths: list[Path]) -> str:
     if pngs:
         lines += ["## Figures", "", f"Configurations with several seeds: mean curve, {BAND}.", ""]
         lines += [f"![{f.stem}]({f.name})" for f in pngs] + [""]
-    lines += ["## Findings", "", "Each finding of the study against the runs present (rules: `analysis/findings.py`).",
-              "", findings_md.to_markdown(report.findings), "CSV: `findings.csv`", ""]
-    lines += [f"## {LR_TITLE}", "", lrgrid_md.to_markdown(report.lr_grids),
-              "CSV: `lr_grid.csv` (best per optimizer), `lr_grid_points.csv` (every learning rate)", ""]
+    lines += [
+        "## Findings",
+        "",
+        "Each finding of the study against the runs present (rules: `analysis/findings.py`).",
+        "",
+        findings_md.to_markdown(report.findings),
+        "CSV: `findings.csv`",
+        "",
+    ]
+    lines += [
+        f"## {LR_TITLE}",
+        "",
+        lrgrid_md.to_markdown(report.lr_grids),
+        "CSV: `lr_grid.csv` (best per optimizer), `lr_grid_points.csv` (every learning rate)",
+        "",
+    ]
     missing = report.not_reported
     lines += ["## Runs not reported", ""]
     if missing.empty:

@@ -35,10 +35,28 @@ EVENT_GLOB = "events.out.tfevents.*"
 # reads and writes, logging cadence, and callbacks that do not change training (early stopping
 # does, so it stays). Everything else, lr and epochs included, tells configurations apart.
 NOT_CONFIGURATION = (
-    "seed", "data.seed", "data.data_dir", "data.cache_dir", "data.tokenizer_dir", "data.num_workers",
-    "data.pin_memory", "data.download", "trainer.default_root_dir", "trainer.log_every_n_steps",
-    "trainer.enable_progress_bar", "logger", "paths", "test", "ckpt_path", "resume", "label",
-    "study_config", "model.optimizer", "model.scheduler", "callbacks", "hydra",
+    "seed",
+    "data.seed",
+    "data.data_dir",
+    "data.cache_dir",
+    "data.tokenizer_dir",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.download",
+    "trainer.default_root_dir",
+    "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar",
+    "logger",
+    "paths",
+    "test",
+    "ckpt_path",
+    "resume",
+    "label",
+    "study_config",
+    "model.optimizer",
+    "model.scheduler",
+    "callbacks",
+    "hydra",
 )
 KEEP_CALLBACKS = ("early_stopping",)
 # what the study's comparisons vary (findings pair configurations that differ only in these)
@@ -154,19 +172,32 @@ def config_keys(config: dict[str, Any], summary: dict[str, Any] | None = None) -
     """
     flat = _flat(config)
     if not flat:  # no config file: the overrides without the seed say what the run was
-        overrides = [o for o in (summary or {}).get("overrides", [])
-                     if not _dropped(o.split("=", 1)[0].lstrip("+~"), NOT_CONFIGURATION)]
-        flat = {"task": (summary or {}).get("task"), "overrides": sorted(overrides),
-                "label": _get(summary or {}, "experiment.label")}
-    kept = {k: v for k, v in flat.items()
-            if not _dropped(k, NOT_CONFIGURATION) or _dropped(k, [f"callbacks.{c}" for c in KEEP_CALLBACKS])}
+        overrides = [
+            o
+            for o in (summary or {}).get("overrides", [])
+            if not _dropped(o.split("=", 1)[0].lstrip("+~"), NOT_CONFIGURATION)
+        ]
+        flat = {
+            "task": (summary or {}).get("task"),
+            "overrides": sorted(overrides),
+            "label": _get(summary or {}, "experiment.label"),
+        }
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if not _dropped(k, NOT_CONFIGURATION) or _dropped(k, [f"callbacks.{c}" for c in KEEP_CALLBACKS])
+    }
     no_optimizer = {k: v for k, v in kept.items() if not _dropped(k, ["optimizer"])}
     return {
         "group": _digest(kept),
         "family": _digest({k: v for k, v in kept.items() if k != "optimizer.lr"}),
         "lr_setting": _digest(no_optimizer),
-        "setting": _digest({**{k: v for k, v in no_optimizer.items() if not _dropped(k, STUDY_AXES)},
-                            "optimizer.lr": kept.get("optimizer.lr")}),
+        "setting": _digest(
+            {
+                **{k: v for k, v in no_optimizer.items() if not _dropped(k, STUDY_AXES)},
+                "optimizer.lr": kept.get("optimizer.lr"),
+            }
+        ),
     }
 
 
@@ -190,11 +221,8 @@ def describe_run(run: Path) -> dict[str, Any]:
     max_epochs = _get(config, "trainer.max_epochs")
     study_config = experiment.get("study_config") or config.get("study_config")
     if not study_config and task and optimizer:
-        study_config = match_study_config(task, optimizer, num_layers, norm, max_epochs,
-                                          _get(config, "optimizer.lr"))
-    label = experiment.get("label") or config.get("label") or _default_label(
-        task, optimizer, num_layers, norm, run
-    )
+        study_config = match_study_config(task, optimizer, num_layers, norm, max_epochs, _get(config, "optimizer.lr"))
+    label = experiment.get("label") or config.get("label") or _default_label(task, optimizer, num_layers, norm, run)
     seed = (summary or {}).get("seed", config.get("seed"))
     record: dict[str, Any] = {
         "run": str(run),
@@ -225,7 +253,8 @@ def describe_run(run: Path) -> dict[str, Any]:
         "peak_rss_mb": (summary or {}).get("peak_rss_mb"),
         "params": _get(summary or {}, "params.learnable"),
         "error": _get(summary or {}, "error.message"),
-        "has_events": any((run / "tensorboard").glob(EVENT_GLOB)) if (run / "tensorboard").is_dir()
+        "has_events": any((run / "tensorboard").glob(EVENT_GLOB))
+        if (run / "tensorboard").is_dir()
         else any(run.rglob(EVENT_GLOB)),
     }
     for section in ("final", "test"):
@@ -318,13 +347,17 @@ def load_scalars(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
                 continue
             for tag in acc.Tags().get(SCALARS, []):
                 events = acc.Scalars(tag)
-                frames.append(pd.DataFrame({
-                    "run": str(run),
-                    "tag": tag,
-                    "step": [e.step for e in events],
-                    "wall_time": [e.wall_time for e in events],
-                    "value": [e.value for e in events],
-                }))
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "run": str(run),
+                            "tag": tag,
+                            "step": [e.step for e in events],
+                            "wall_time": [e.wall_time for e in events],
+                            "value": [e.value for e in events],
+                        }
+                    )
+                )
     if not frames:
         return pd.DataFrame(columns=["run", "tag", "step", "wall_time", "value"])
     return pd.concat(frames, ignore_index=True)
@@ -338,15 +371,11 @@ def epoch_curves(scalars: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["run", "epoch"])
     rows = []
     for run, group in scalars.groupby("run", sort=False):
-        epoch_at_step = (
-            group[group["tag"] == "epoch"].drop_duplicates("step", keep="last").set_index("step")["value"]
-        )
+        epoch_at_step = group[group["tag"] == "epoch"].drop_duplicates("step", keep="last").set_index("step")["value"]
         # epoch-level metrics: train/*, val/* (not the per-step ones), time/*, memory/*
         keep = group["tag"].str.match(r"^(train|val|time|memory)/") & ~group["tag"].str.endswith("_step")
         wide = (
-            group[keep]
-            .drop_duplicates(["tag", "step"], keep="last")
-            .pivot(index="step", columns="tag", values="value")
+            group[keep].drop_duplicates(["tag", "step"], keep="last").pivot(index="step", columns="tag", values="value")
         )
         if wide.empty:
             continue

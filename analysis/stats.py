@@ -29,8 +29,8 @@ class Summary:
 
     n: int
     mean: float
-    std: float          # sample std (ddof=1); NaN when n < 2
-    ci_low: float       # mean -+ t(n-1) * std / sqrt(n); NaN when n < 2
+    std: float  # sample std (ddof=1); NaN when n < 2
+    ci_low: float  # mean -+ t(n-1) * std / sqrt(n); NaN when n < 2
     ci_high: float
 
     @property
@@ -60,7 +60,7 @@ class Difference:
     diff: float
     ci_low: float
     ci_high: float
-    method: str         # "welch" (both sides have >= 2 runs) or "stated spread" (a side has one run)
+    method: str  # "welch" (both sides have >= 2 runs) or "stated spread" (a side has one run)
     t: float = math.nan
     df: float = math.nan
     p: float = math.nan  # two-sided p-value of Welch's t-test

@@ -16,7 +16,14 @@ STUDY_LR = {"lstm": 1e-3, "vit": 3e-4}  # one learning rate for every optimizer 
 
 # Table 1: LSTM on WikiText-2
 TABLE1_COLUMNS = [
-    "Optimizer", "Layers", "Epochs", "Train loss", "Train PPL", "Val loss", "Val PPL", "Train time",
+    "Optimizer",
+    "Layers",
+    "Epochs",
+    "Train loss",
+    "Train PPL",
+    "Val loss",
+    "Val PPL",
+    "Train time",
 ]
 TABLE1_ROWS = [
     ("adam", 1, 10, 4.392, 80.838, 4.971, 144.122, 1164.858),
@@ -29,8 +36,15 @@ TABLE1_ROWS = [
 
 # Table 2: ViT on CIFAR-10 (config 6 trained for 50 epochs: only its val accuracy is published)
 TABLE2_COLUMNS = [
-    "Config", "Architecture", "Layers", "Optimizer",
-    "Train loss", "Train Acc", "Val loss", "Val Acc", "Train Time",
+    "Config",
+    "Architecture",
+    "Layers",
+    "Optimizer",
+    "Train loss",
+    "Train Acc",
+    "Val loss",
+    "Val Acc",
+    "Train Time",
 ]
 TABLE2_ROWS = [
     (1, "pre", 2, "adam", 10, 0.9898, 0.6447, 1.0656, 0.6171, 464.63),
@@ -49,27 +63,40 @@ TABLE3_GPU_MB = {1: 1294, 2: 1294, 3: 1286, 4: 1290, 5: 1690, 6: 2086, 7: 2086}
 
 # metrics.json keys behind the study's columns
 TABLE1_METRICS = {
-    "Train loss": "train/loss", "Train PPL": "train/ppl", "Val loss": "val/loss",
-    "Val PPL": "val/ppl", "Train time": "train_seconds",
+    "Train loss": "train/loss",
+    "Train PPL": "train/ppl",
+    "Val loss": "val/loss",
+    "Val PPL": "val/ppl",
+    "Train time": "train_seconds",
 }
 TABLE2_METRICS = {
-    "Train loss": "train/loss", "Train Acc": "train/acc", "Val loss": "val/loss",
-    "Val Acc": "val/acc", "Train Time": "train_seconds",
+    "Train loss": "train/loss",
+    "Train Acc": "train/acc",
+    "Val loss": "val/loss",
+    "Val Acc": "val/acc",
+    "Train Time": "train_seconds",
 }
 
 # the study's figures: which configurations, which x axis
 FIGURES = [
-    ("figure1", "lstm", ["table1/1", "table1/2", "table1/3", "table1/4"], "epoch",
-     "LSTM, 1 layer, four optimizers"),
+    ("figure1", "lstm", ["table1/1", "table1/2", "table1/3", "table1/4"], "epoch", "LSTM, 1 layer, four optimizers"),
     ("figure2", "lstm", ["table1/5", "table1/6"], "epoch", "LSTM, AdamW, 2 and 4 layers"),
-    ("figure3", "vit", ["table2/1", "table2/2", "table2/3", "table2/4"], "epoch",
-     "ViT pre-norm, 2 layers, four optimizers"),
-    ("figure4", "vit", ["table2/1", "table2/2", "table2/3", "table2/4"], "wall",
-     "ViT pre-norm, 2 layers, four optimizers"),
-    ("figure5", "vit", ["table2/5", "table2/6", "table2/7"], "epoch",
-     "ViT, AdamW, 4 and 6 layers, pre/post-norm"),
-    ("figure6", "vit", ["table2/5", "table2/6", "table2/7"], "wall",
-     "ViT, AdamW, 4 and 6 layers, pre/post-norm"),
+    (
+        "figure3",
+        "vit",
+        ["table2/1", "table2/2", "table2/3", "table2/4"],
+        "epoch",
+        "ViT pre-norm, 2 layers, four optimizers",
+    ),
+    (
+        "figure4",
+        "vit",
+        ["table2/1", "table2/2", "table2/3", "table2/4"],
+        "wall",
+        "ViT pre-norm, 2 layers, four optimizers",
+    ),
+    ("figure5", "vit", ["table2/5", "table2/6", "table2/7"], "epoch", "ViT, AdamW, 4 and 6 layers, pre/post-norm"),
+    ("figure6", "vit", ["table2/5", "table2/6", "table2/7"], "wall", "ViT, AdamW, 4 and 6 layers, pre/post-norm"),
 ]
 
 
@@ -81,21 +108,49 @@ def study_rows() -> pd.DataFrame:
     """Every published configuration, one row each, keyed by ``study_config``."""
     rows = []
     for i, (opt, layers, epochs, tl, tp, vl, vp, secs) in enumerate(TABLE1_ROWS, start=1):
-        rows.append({
-            "study_config": f"table1/{i}", "task": "lstm", "optimizer": opt, "num_layers": layers,
-            "norm": None, "max_epochs": epochs, "train/loss": tl, "train/ppl": tp, "val/loss": vl,
-            "val/ppl": vp, "train_seconds": secs,
-        })
+        rows.append(
+            {
+                "study_config": f"table1/{i}",
+                "task": "lstm",
+                "optimizer": opt,
+                "num_layers": layers,
+                "norm": None,
+                "max_epochs": epochs,
+                "train/loss": tl,
+                "train/ppl": tp,
+                "val/loss": vl,
+                "val/ppl": vp,
+                "train_seconds": secs,
+            }
+        )
     for cfg, norm, layers, opt, epochs, tl, ta, vl, va, secs in TABLE2_ROWS:
-        rows.append({
-            "study_config": f"table2/{cfg}", "task": "vit", "optimizer": opt, "num_layers": layers,
-            "norm": norm, "max_epochs": epochs, "train/loss": tl, "train/acc": ta, "val/loss": vl,
-            "val/acc": va, "train_seconds": secs, "peak_memory_mb": float(TABLE3_GPU_MB[cfg]),
-        })
-    rows.append({
-        "study_config": "table2/6@50", "task": "vit", "optimizer": "adamw", "num_layers": 6,
-        "norm": "pre", "max_epochs": 50, "val/acc": TABLE2_50_EPOCHS_VAL_ACC,
-    })
+        rows.append(
+            {
+                "study_config": f"table2/{cfg}",
+                "task": "vit",
+                "optimizer": opt,
+                "num_layers": layers,
+                "norm": norm,
+                "max_epochs": epochs,
+                "train/loss": tl,
+                "train/acc": ta,
+                "val/loss": vl,
+                "val/acc": va,
+                "train_seconds": secs,
+                "peak_memory_mb": float(TABLE3_GPU_MB[cfg]),
+            }
+        )
+    rows.append(
+        {
+            "study_config": "table2/6@50",
+            "task": "vit",
+            "optimizer": "adamw",
+            "num_layers": 6,
+            "norm": "pre",
+            "max_epochs": 50,
+            "val/acc": TABLE2_50_EPOCHS_VAL_ACC,
+        }
+    )
     return pd.DataFrame(rows).set_index("study_config")
 
 

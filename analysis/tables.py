@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.findings import seeds
 from analysis.runs import completed
 from analysis.stats import summarize
-from analysis.findings import seeds
 from analysis.study import (
     TABLE1_COLUMNS,
     TABLE1_METRICS,
@@ -77,8 +77,7 @@ def _with_study(table: pd.DataFrame, study_configs: list, metrics: dict[str, str
             table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
     for column, key in metrics.items():
         published = [
-            study.at[sc, key] if isinstance(sc, str) and sc in study.index and key in study.columns
-            else np.nan
+            study.at[sc, key] if isinstance(sc, str) and sc in study.index and key in study.columns else np.nan
             for sc in study_configs
         ]
         table[f"{column} (study)"] = pd.to_numeric(pd.Series(published, index=table.index), errors="coerce")
@@ -107,19 +106,27 @@ def configuration_groups(runs: pd.DataFrame, task: str) -> list[pd.DataFrame]:
     if done.empty:
         return []
     firsts = _ordered(done.drop_duplicates("group"))
-    return [done[done["group"] == g].sort_values("seed", key=lambda s: pd.to_numeric(s, errors="coerce"))
-            for g in firsts["group"]]
+    return [
+        done[done["group"] == g].sort_values("seed", key=lambda s: pd.to_numeric(s, errors="coerce"))
+        for g in firsts["group"]
+    ]
 
 
 def _spread(members: pd.DataFrame, key: str, column: str) -> dict:
     values = pd.to_numeric(members[key], errors="coerce") if key in members.columns else pd.Series(dtype=float)
     s = summarize(values)
-    return {column: s.mean, f"{column} (std)": s.std, f"{column} (n)": s.n,
-            f"{column} (ci95 low)": s.ci_low, f"{column} (ci95 high)": s.ci_high}
+    return {
+        column: s.mean,
+        f"{column} (std)": s.std,
+        f"{column} (n)": s.n,
+        f"{column} (ci95 low)": s.ci_low,
+        f"{column} (ci95 high)": s.ci_high,
+    }
 
 
-def _study_table(runs: pd.DataFrame, task: str, describe, metrics: dict, empty_columns: list,
-                 compared: dict | None = None) -> pd.DataFrame:
+def _study_table(
+    runs: pd.DataFrame, task: str, describe, metrics: dict, empty_columns: list, compared: dict | None = None
+) -> pd.DataFrame:
     """One row per configuration of ``task`` (its completed runs over seeds): ``describe(run)``
     columns, then ``metrics`` as mean with std, n and 95% interval, a note, and the study's
     numbers with the difference (for ``compared``, default all ``metrics``) where it matches."""
@@ -141,8 +148,9 @@ def _study_table(runs: pd.DataFrame, task: str, describe, metrics: dict, empty_c
         rows.append(row)
     if not rows:
         return pd.DataFrame(columns=empty_columns)
-    table = _with_study(pd.DataFrame(rows), [g.iloc[0]["study_config"] for g in groups],
-                        metrics if compared is None else compared)
+    table = _with_study(
+        pd.DataFrame(rows), [g.iloc[0]["study_config"] for g in groups], metrics if compared is None else compared
+    )
     return _order_columns(table)
 
 

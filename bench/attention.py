@@ -28,8 +28,9 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.tokens, args.dim, device=dev, requires_grad=True)
     torch_mha = nn.MultiheadAttention(args.dim, args.heads, batch_first=True).to(dev)
-    ours = {impl: MultiHeadAttention(args.dim, args.heads, implementation=impl).to(dev)
-            for impl in ("explicit", "sdpa")}
+    ours = {
+        impl: MultiHeadAttention(args.dim, args.heads, implementation=impl).to(dev) for impl in ("explicit", "sdpa")
+    }
     for m in ours.values():  # same weights as torch's (in_proj = our qkv)
         with torch.no_grad():
             m.qkv.weight.copy_(torch_mha.in_proj_weight)
@@ -43,6 +44,7 @@ def main() -> None:
     def step(fn):
         def run():
             fn().sum().backward()
+
         return lambda: common.timed(run, args.iters, dev)
 
     variants = {
@@ -51,9 +53,16 @@ def main() -> None:
         "ours_sdpa": step(lambda: ours["sdpa"](x)),
     }
     samples = common.paired(variants, args.repeats, args.warmup)
-    common.report("attention_fwd_bwd", samples, baseline="torch_mha", unit="s/iter",
-                  target=("ours_sdpa", "<=", 1.0), out=args.out, device=dev,
-                  shape=dict(batch=args.batch, tokens=args.tokens, dim=args.dim, heads=args.heads))
+    common.report(
+        "attention_fwd_bwd",
+        samples,
+        baseline="torch_mha",
+        unit="s/iter",
+        target=("ours_sdpa", "<=", 1.0),
+        out=args.out,
+        device=dev,
+        shape=dict(batch=args.batch, tokens=args.tokens, dim=args.dim, heads=args.heads),
+    )
 
 
 if __name__ == "__main__":

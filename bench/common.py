@@ -33,8 +33,12 @@ def parser(description: str, repeats: int = 7, warmup: int = 1) -> argparse.Argu
     p.add_argument("--warmup", type=int, default=warmup, help="unmeasured rounds first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="append the JSON line to this file too")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's); 1 is steadier on a shared machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 is steadier on a shared machine",
+    )
     return p
 
 
@@ -108,8 +112,7 @@ def report(
     medians = {k: statistics.median(v) for k, v in samples.items()}
     ratios = {k: medians[k] / medians[baseline] for k in samples if k != baseline}
     paired_ratios = {
-        k: statistics.median(a / b for a, b in zip(samples[k], samples[baseline]))
-        for k in samples if k != baseline
+        k: statistics.median(a / b for a, b in zip(samples[k], samples[baseline])) for k in samples if k != baseline
     }
     line = {
         "bench": bench,
@@ -154,8 +157,13 @@ def cifar10_batches(n_batches: int, batch_size: int = 128, seed: int = 0) -> lis
     """``n_batches`` real, augmented and normalised CIFAR-10 training batches (made once)."""
     from datamodules.cifar10 import CIFAR10DataModule
 
-    dm = CIFAR10DataModule(data_dir=str(data_dir()), batch_size=batch_size, num_workers=0,
-                           train_subset=n_batches * batch_size, download=False)
+    dm = CIFAR10DataModule(
+        data_dir=str(data_dir()),
+        batch_size=batch_size,
+        num_workers=0,
+        train_subset=n_batches * batch_size,
+        download=False,
+    )
     dm.prepare_data()
     dm.setup("fit")
     torch.manual_seed(seed)

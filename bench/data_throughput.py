@@ -57,9 +57,11 @@ def main() -> None:
                 batch = next_batch()
                 if transfer is not None:
                     transfer(batch)
+
             for _ in range(buffered):  # what the workers prefetched meanwhile is not throughput
                 next_batch()
             return common.timed(one, args.batches, dev) / batch_size
+
         return measure
 
     def to_device_and_augment(batch):
@@ -77,18 +79,30 @@ def main() -> None:
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(net(x), y).backward()
                 opt.step()
+
         return common.timed(run, 1, dev) / (len(batches) * batch_size)
 
     samples = common.paired(
-        {"loader": puller(dm.train_dataloader()),
-         "loader_device_augment": puller(dev_dm.train_dataloader(), to_device_and_augment),
-         "vit_train": train},
-        args.repeats, args.warmup)
-    line = common.report("cifar10_loader_vs_vit_train", samples, baseline="loader", unit="s/image",
-                         target=("vit_train", ">=", 5.0), out=args.out, device=args.device,
-                         num_workers=cfg.data.num_workers, batch_size=batch_size,
-                         images_per_s={k: round(1 / v) for k, v in
-                                       ((k, sorted(v)[len(v) // 2]) for k, v in samples.items())})
+        {
+            "loader": puller(dm.train_dataloader()),
+            "loader_device_augment": puller(dev_dm.train_dataloader(), to_device_and_augment),
+            "vit_train": train,
+        },
+        args.repeats,
+        args.warmup,
+    )
+    line = common.report(
+        "cifar10_loader_vs_vit_train",
+        samples,
+        baseline="loader",
+        unit="s/image",
+        target=("vit_train", ">=", 5.0),
+        out=args.out,
+        device=args.device,
+        num_workers=cfg.data.num_workers,
+        batch_size=batch_size,
+        images_per_s={k: round(1 / v) for k, v in ((k, sorted(v)[len(v) // 2]) for k, v in samples.items())},
+    )
     return line
 
 

@@ -47,13 +47,17 @@ def main() -> None:
     rows = [row(*r.split("=", 1)[0:1], Path(r.split("=", 1)[1])) for r in args.runs]
     print("| run | status | epochs | epoch s (median) | first epoch s | train s | val acc | peak GPU MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| study (Table 2 cfg 2, Table 3) | | 10 | | | {STUDY['train_seconds']} | "
-          f"{STUDY['val_acc']:.4f} | {STUDY['peak_gpu_mb']} |")
+    print(
+        f"| study (Table 2 cfg 2, Table 3) | | 10 | | | {STUDY['train_seconds']} | "
+        f"{STUDY['val_acc']:.4f} | {STUDY['peak_gpu_mb']} |"
+    )
     for r in rows:
         acc = r.get("val_acc")
-        print(f"| {r['run']} | {r['status']} | {r.get('epochs', '')} | {r.get('epoch_s_median', '')} | "
-              f"{r.get('first_epoch_s', '')} | {r.get('train_seconds', '')} | "
-              f"{'' if acc is None else f'{acc:.4f}'} | {r.get('peak_gpu_mb', '')} |")
+        print(
+            f"| {r['run']} | {r['status']} | {r.get('epochs', '')} | {r.get('epoch_s_median', '')} | "
+            f"{r.get('first_epoch_s', '')} | {r.get('train_seconds', '')} | "
+            f"{'' if acc is None else f'{acc:.4f}'} | {r.get('peak_gpu_mb', '')} |"
+        )
     if args.out:
         with args.out.open("a") as f:
             for r in rows:

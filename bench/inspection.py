@@ -18,10 +18,9 @@ Variants alternate (``common.paired``); the JSON line gives medians and
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from types import SimpleNamespace
-
-import statistics
 
 import common
 import torch
@@ -62,17 +61,25 @@ def main() -> None:
     def class_update() -> float:
         classes._hook, classes._logits = object(), logits
         trainer = SimpleNamespace()
-        return common.timed(lambda: (setattr(classes, "_logits", logits),
-                                     classes.on_validation_batch_end(trainer, None, None, (images, labels), 0)),
-                            1, device)
+        return common.timed(
+            lambda: (
+                setattr(classes, "_logits", logits),
+                classes.on_validation_batch_end(trainer, None, None, (images, labels), 0),
+            ),
+            1,
+            device,
+        )
 
     def attention_end() -> float:
         def work():
             result = attention.inspect(net, images[:6])
             layers = [c.mean(dim=1) for c in result["cls"]]
-            for tag, picture in {"layers": overlay_grid(images[:6], layers),
-                                 "rollout": overlay_grid(images[:6], [result["rollout"]])}.items():
+            for tag, picture in {
+                "layers": overlay_grid(images[:6], layers),
+                "rollout": overlay_grid(images[:6], [result["rollout"]]),
+            }.items():
                 writer.add_image(tag, picture, 0, dataformats="CHW")
+
         return common.timed(work, 1, device)
 
     def class_end() -> float:
@@ -81,18 +88,34 @@ def main() -> None:
             names = [str(i) for i in range(10)]
             writer.add_image("matrix", draw_confusion(matrix, names), 0, dataformats="HWC")
             conf, imgs, true, pred = (t.cpu() for t in classes._worst)
-            writer.add_image("mistakes", draw_misclassified(imgs, [names[i] for i in true], [names[i] for i in pred],
-                                                            conf.tolist()), 0, dataformats="HWC")
+            writer.add_image(
+                "mistakes",
+                draw_misclassified(imgs, [names[i] for i in true], [names[i] for i in pred], conf.tolist()),
+                0,
+                dataformats="HWC",
+            )
+
         return common.timed(work, 1, device)
 
-    samples = common.paired({"val_batch": val_batch, "class_update": class_update, "attention_end": attention_end,
-                             "class_end": class_end}, repeats=args.repeats, warmup=args.warmup)
+    samples = common.paired(
+        {"val_batch": val_batch, "class_update": class_update, "attention_end": attention_end, "class_end": class_end},
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
     med = {k: statistics.median(v) for k, v in samples.items()}
     epoch = VAL_BATCHES * med["val_batch"]
     added = VAL_BATCHES * med["class_update"] + med["attention_end"] + med["class_end"]
-    common.report(f"inspection_{args.layers}l", samples, baseline="val_batch", unit="s", out=args.out,
-                  device=args.device, fraction_of_val_epoch=round(added / epoch, 4),
-                  val_epoch_s=round(epoch, 3), added_s=round(added, 3))
+    common.report(
+        f"inspection_{args.layers}l",
+        samples,
+        baseline="val_batch",
+        unit="s",
+        out=args.out,
+        device=args.device,
+        fraction_of_val_epoch=round(added / epoch, 4),
+        val_epoch_s=round(epoch, 3),
+        added_s=round(added, 3),
+    )
 
 
 if __name__ == "__main__":

@@ -35,12 +35,22 @@ CONFIGS = {
 
 def run_config(overrides: list[str], log_dir: Path, device: str, batches: int) -> dict:
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
-    args = [sys.executable, str(common.ROOT / "train.py"), "model=vit", *overrides,
-            "trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
-            "trainer.limit_val_batches=2", "test=false", f"trainer.accelerator={accelerator}",
-            f"paths.log_dir={log_dir}", f"data.data_dir={common.data_dir()}"]
-    proc = subprocess.run(args, cwd=common.ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    args = [
+        sys.executable,
+        str(common.ROOT / "train.py"),
+        "model=vit",
+        *overrides,
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={batches}",
+        "trainer.limit_val_batches=2",
+        "test=false",
+        f"trainer.accelerator={accelerator}",
+        f"paths.log_dir={log_dir}",
+        f"data.data_dir={common.data_dir()}",
+    ]
+    proc = subprocess.run(
+        args, cwd=common.ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     if proc.returncode != 0:
         raise SystemExit(f"train.py {' '.join(overrides)} failed:\n{proc.stderr[-3000:]}")
     (path,) = log_dir.rglob("metrics.json")
@@ -58,11 +68,24 @@ def main() -> None:
         overrides, study_mb = CONFIGS[number]
         with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
             m = run_config(overrides + args.overrides, Path(tmp), args.device, args.batches)
-        rows[number] = {"overrides": overrides, "peak_rss_mb": round(m["peak_rss_mb"]),
-                        "peak_gpu_mb": m["peak_memory_mb"] and round(m["peak_memory_mb"]),
-                        "study_gpu_mb": study_mb, "params": m["params"].get("learnable")}
-    common.emit({"bench": "memory_per_config", "unit": "MB", "batches": args.batches,
-                 "extra_overrides": args.overrides, "configs": rows}, args.out, args.device)
+        rows[number] = {
+            "overrides": overrides,
+            "peak_rss_mb": round(m["peak_rss_mb"]),
+            "peak_gpu_mb": m["peak_memory_mb"] and round(m["peak_memory_mb"]),
+            "study_gpu_mb": study_mb,
+            "params": m["params"].get("learnable"),
+        }
+    common.emit(
+        {
+            "bench": "memory_per_config",
+            "unit": "MB",
+            "batches": args.batches,
+            "extra_overrides": args.overrides,
+            "configs": rows,
+        },
+        args.out,
+        args.device,
+    )
 
 
 if __name__ == "__main__":

@@ -45,11 +45,22 @@ class FirstStep(pl.Callback):
 def run_train(overrides: list[str], tmp: Path) -> float:
     stamp = tmp / "stamp"
     stamp.unlink(missing_ok=True)
-    args = [sys.executable, str(common.ROOT / "train.py"), *overrides, f"paths.log_dir={tmp / 'logs'}",
-            f"data.data_dir={common.data_dir()}", "+callbacks.first_step._target_=bench.startup.FirstStep"]
+    args = [
+        sys.executable,
+        str(common.ROOT / "train.py"),
+        *overrides,
+        f"paths.log_dir={tmp / 'logs'}",
+        f"data.data_dir={common.data_dir()}",
+        "+callbacks.first_step._target_=bench.startup.FirstStep",
+    ]
     start = time.time()
-    proc = subprocess.run(args, cwd=common.ROOT, capture_output=True, text=True,
-                          env={**os.environ, STAMP_ENV: str(stamp), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(
+        args,
+        cwd=common.ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, STAMP_ENV: str(stamp), "PYTHONUNBUFFERED": "1"},
+    )
     if proc.returncode != 0 or not stamp.exists():
         raise SystemExit(f"train.py {' '.join(overrides)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return float(stamp.read_text()) - start
@@ -68,10 +79,20 @@ def main() -> None:
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
     overrides = [f"trainer.accelerator={accelerator}", *args.overrides]
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
-        samples = common.paired({"imports": run_imports, "train": lambda: run_train(overrides, Path(tmp))},
-                                repeats=args.repeats, warmup=args.warmup)
-    common.report("startup_to_first_step", samples, baseline="imports", unit="s", out=args.out,
-                  device=args.device, overrides=overrides)
+        samples = common.paired(
+            {"imports": run_imports, "train": lambda: run_train(overrides, Path(tmp))},
+            repeats=args.repeats,
+            warmup=args.warmup,
+        )
+    common.report(
+        "startup_to_first_step",
+        samples,
+        baseline="imports",
+        unit="s",
+        out=args.out,
+        device=args.device,
+        overrides=overrides,
+    )
 
 
 if __name__ == "__main__":

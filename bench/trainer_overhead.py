@@ -106,13 +106,26 @@ def _lstm_loss(net, batch):
 
 CASES: dict[str, Case] = {
     # the study's 2-layer pre-norm ViT, batch 128, AdamW (Table 2, config 2)
-    "vit": Case(["model=vit", "optimizer=adamw"], _vit_batches, _vit_loss,
-                tiny=["model.embed_dim=8", "model.hidden_dim=8", "model.num_heads=1", "model.num_layers=1",
-                      "data.batch_size=16"]),
+    "vit": Case(
+        ["model=vit", "optimizer=adamw"],
+        _vit_batches,
+        _vit_loss,
+        tiny=[
+            "model.embed_dim=8",
+            "model.hidden_dim=8",
+            "model.num_heads=1",
+            "model.num_layers=1",
+            "data.batch_size=16",
+        ],
+    ),
     # the study's 1-layer LSTM, batch 16, 256 tokens, AdamW (Table 1); WikiText-2 as in
     # ../shared/data (train on wiki.valid.tokens: the speed, not the numbers, matters here)
-    "lstm": Case(["model=lstm", "optimizer=adamw", "data=wikitext2_offline"], _lstm_batches, _lstm_loss,
-                 tiny=["model.embedding_size=8", "model.hidden_size=8", "data.seq_len=8"]),
+    "lstm": Case(
+        ["model=lstm", "optimizer=adamw", "data=wikitext2_offline"],
+        _lstm_batches,
+        _lstm_loss,
+        tiny=["model.embedding_size=8", "model.hidden_size=8", "data.seq_len=8"],
+    ),
 }
 
 
@@ -176,14 +189,17 @@ class HookTimer:
             common.synchronize(self.device)
             self.per_step[self._step] = self.per_step.get(self._step, 0.0) + CLOCK() - start
             return result
+
         return timed
 
     def summary(self, warmup: int, steps: int) -> dict:
         measured = [self.per_step.get(i, 0.0) for i in range(warmup, steps)]
-        return {"mean_ms_per_step": round(1e3 * statistics.fmean(measured), 3),
-                "max_ms_one_step": round(1e3 * max(measured), 2),
-                "median_ms_per_step": round(1e3 * statistics.median(measured), 4),
-                "steps_over_1ms": {i: round(1e3 * t, 2) for i, t in enumerate(measured, warmup) if t > 1e-3}}
+        return {
+            "mean_ms_per_step": round(1e3 * statistics.fmean(measured), 3),
+            "max_ms_one_step": round(1e3 * max(measured), 2),
+            "median_ms_per_step": round(1e3 * statistics.median(measured), 4),
+            "steps_over_1ms": {i: round(1e3 * t, 2) for i, t in enumerate(measured, warmup) if t > 1e-3},
+        }
 
 
 class BareModule(pl.LightningModule):
@@ -220,10 +236,16 @@ class Bench:
         self.tmp = tempfile.mkdtemp(prefix="bench-trainer-")
         accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
         with initialize_config_dir(str(common.ROOT / "conf"), version_base="1.3"):
-            self.cfg = compose("train", overrides=[
-                *case.overrides, *(case.tiny if args.tiny else []), *args.overrides,
-                f"paths.output_dir={self.tmp}", f"trainer.accelerator={accelerator}",
-            ])
+            self.cfg = compose(
+                "train",
+                overrides=[
+                    *case.overrides,
+                    *(case.tiny if args.tiny else []),
+                    *args.overrides,
+                    f"paths.output_dir={self.tmp}",
+                    f"trainer.accelerator={accelerator}",
+                ],
+            )
         self.steps = args.warmup + args.repeats
         self.batches, self.model_kwargs = case.batches(self.cfg, self.steps)
 
@@ -256,23 +278,40 @@ class Bench:
             self.timers = {name: HookTimer(named[name], args.device) for name in args.time_callback if name in named}
             callbacks = [interleave] + list(named.values())
             loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-            trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, max_epochs=1,
-                                  limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
-                                  enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint)
-                                                           for c in callbacks))
-            loader = (resumable_loader(self.batches, cfg.seed) if args.loader == "resumable"
-                      else DataLoader(self.batches, batch_size=None))
+            trainer = instantiate(
+                cfg.trainer,
+                callbacks=callbacks,
+                logger=loggers,
+                max_epochs=1,
+                limit_val_batches=0,
+                num_sanity_val_steps=0,
+                enable_model_summary=False,
+                enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+            )
+            loader = (
+                resumable_loader(self.batches, cfg.seed)
+                if args.loader == "resumable"
+                else DataLoader(self.batches, batch_size=None)
+            )
         else:
             module = BareModule(module.net, self.case.loss, instantiate(cfg.optimizer))
-            trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_epochs=1,
-                                 callbacks=[interleave], logger=False, enable_progress_bar=False,
-                                 enable_checkpointing=False, enable_model_summary=False,
-                                 limit_val_batches=0, num_sanity_val_steps=0,
-                                 default_root_dir=self.tmp)
+            trainer = pl.Trainer(
+                accelerator=cfg.trainer.accelerator,
+                devices=1,
+                max_epochs=1,
+                callbacks=[interleave],
+                logger=False,
+                enable_progress_bar=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                limit_val_batches=0,
+                num_sanity_val_steps=0,
+                default_root_dir=self.tmp,
+            )
             loader = DataLoader(self.batches, batch_size=None)
         trainer.fit(module, train_dataloaders=loader)
         assert len(interleave.lightning) == len(interleave.plain) == self.steps
-        return interleave.plain[args.warmup:], interleave.lightning[args.warmup:]
+        return interleave.plain[args.warmup :], interleave.lightning[args.warmup :]
 
 
 def _overheads(plain: list[float], lightning: list[float]) -> list[float]:
@@ -282,21 +321,38 @@ def _overheads(plain: list[float], lightning: list[float]) -> list[float]:
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], repeats=8, warmup=2)
     p.add_argument("--case", choices=sorted(CASES), default="vit")
-    p.add_argument("--tiny", action="store_true",
-                   help="shrink the net (case.tiny): what remains per step is the framework's overhead")
-    p.add_argument("--rounds", type=int, default=4,
-                   help="with --tiny: fits of ours and of the floor, alternated (ABBA)")
-    p.add_argument("--no-floor", dest="floor", action="store_false",
-                   help="with --tiny: skip the bare-Lightning floor")
-    p.add_argument("--loader", choices=["resumable", "memory"], default="resumable",
-                   help="our side's loader: the resumable sampler of datamodules/sampling.py, or the batches as is")
-    p.add_argument("--clock", choices=["wall", "process"], default=None,
-                   help="wall (default on a GPU) or process: this process's CPU time, all its threads (default "
-                        "on CPU: what other processes of a shared machine do is not counted)")
-    p.add_argument("--time-callback", action="append", default=[], metavar="NAME",
-                   help="time every hook of callbacks.NAME inside our run (repeatable), e.g. dynamics")
-    p.add_argument("overrides", nargs="*",
-                   help="extra Hydra overrides, e.g. model.attention=sdpa callbacks.progress_bar=null")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="shrink the net (case.tiny): what remains per step is the framework's overhead",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=4, help="with --tiny: fits of ours and of the floor, alternated (ABBA)"
+    )
+    p.add_argument("--no-floor", dest="floor", action="store_false", help="with --tiny: skip the bare-Lightning floor")
+    p.add_argument(
+        "--loader",
+        choices=["resumable", "memory"],
+        default="resumable",
+        help="our side's loader: the resumable sampler of datamodules/sampling.py, or the batches as is",
+    )
+    p.add_argument(
+        "--clock",
+        choices=["wall", "process"],
+        default=None,
+        help="wall (default on a GPU) or process: this process's CPU time, all its threads (default "
+        "on CPU: what other processes of a shared machine do is not counted)",
+    )
+    p.add_argument(
+        "--time-callback",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="time every hook of callbacks.NAME inside our run (repeatable), e.g. dynamics",
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="extra Hydra overrides, e.g. model.attention=sdpa callbacks.progress_bar=null"
+    )
     args = common.parse(p)
     args.clock = args.clock or ("wall" if args.device.startswith("cuda") else "process")
     global CLOCK
@@ -311,11 +367,21 @@ def main() -> None:
         # the mean counts the periodic work (a callback's every-N-steps step) that the median leaves out
         overhead_mean = statistics.fmean(_overheads(plain, lightning))
         callback_ms = {n: t.summary(args.warmup, bench.steps) for n, t in getattr(bench, "timers", {}).items()}
-        common.report(name, {"plain": plain, "lightning": lightning}, baseline="plain", unit="s/step",
-                      target=None if args.tiny else ("lightning", "<=", 1.05), out=args.out, device=args.device,
-                      overhead_ms_per_step=round(overhead * 1e3, 2), overhead_ms_per_step_mean=round(overhead_mean * 1e3, 2),
-                      **({"callback_ms": callback_ms} if callback_ms else {}),
-                      overrides=overrides, loader=args.loader, clock=args.clock)
+        common.report(
+            name,
+            {"plain": plain, "lightning": lightning},
+            baseline="plain",
+            unit="s/step",
+            target=None if args.tiny else ("lightning", "<=", 1.05),
+            out=args.out,
+            device=args.device,
+            overhead_ms_per_step=round(overhead * 1e3, 2),
+            overhead_ms_per_step_mean=round(overhead_mean * 1e3, 2),
+            **({"callback_ms": callback_ms} if callback_ms else {}),
+            overrides=overrides,
+            loader=args.loader,
+            clock=args.clock,
+        )
         return
     sides = ["ours", "floor"]
     per_round: dict[str, list[float]] = {s: [] for s in sides}  # median overhead of each round
@@ -333,13 +399,23 @@ def main() -> None:
     ours, floor = statistics.median(pooled["ours"]), statistics.median(pooled["floor"])
     ratios = [a / b for a, b in zip(per_round["ours"], per_round["floor"])]
     common.report(
-        name, samples, baseline="plain", unit="s/step", out=args.out, device=args.device,
-        overhead_ms_per_step=round(ours * 1e3, 3), floor_ms_per_step=round(floor * 1e3, 3),
-        overhead_vs_floor=round(ours / floor, 2), overhead_vs_floor_paired=round(statistics.median(ratios), 2),
+        name,
+        samples,
+        baseline="plain",
+        unit="s/step",
+        out=args.out,
+        device=args.device,
+        overhead_ms_per_step=round(ours * 1e3, 3),
+        floor_ms_per_step=round(floor * 1e3, 3),
+        overhead_vs_floor=round(ours / floor, 2),
+        overhead_vs_floor_paired=round(statistics.median(ratios), 2),
         overhead_vs_floor_range=[round(min(ratios), 2), round(max(ratios), 2)],
         rounds={s: [round(v * 1e3, 3) for v in per_round[s]] for s in sides},
-        target_floor="overhead_vs_floor <= 2", pass_floor=bool(ours / floor <= 2),
-        overrides=overrides, loader=args.loader, clock=args.clock,
+        target_floor="overhead_vs_floor <= 2",
+        pass_floor=bool(ours / floor <= 2),
+        overrides=overrides,
+        loader=args.loader,
+        clock=args.clock,
     )
 
 

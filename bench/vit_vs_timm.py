@@ -33,14 +33,15 @@ def main() -> None:
     torch.manual_seed(0)
     sizes = dict(embed_dim=256, num_heads=8, num_classes=10)
     nets = {
-        "timm": TimmViT(img_size=32, patch_size=4, depth=args.layers, mlp_ratio=2.0, class_token=True,
-                        global_pool="token", **sizes),
+        "timm": TimmViT(
+            img_size=32, patch_size=4, depth=args.layers, mlp_ratio=2.0, class_token=True, global_pool="token", **sizes
+        ),
         "ours_explicit": VisionTransformer(num_layers=args.layers, hidden_dim=512, attention="explicit", **sizes),
         "ours_sdpa": VisionTransformer(num_layers=args.layers, hidden_dim=512, attention="sdpa", **sizes),
     }
     params = {k: sum(p.numel() for p in n.parameters()) for k, n in nets.items()}
     assert len(set(params.values())) == 1, f"the nets differ in size: {params}"
-    (x, y), = common.cifar10_batches(1, args.batch)
+    ((x, y),) = common.cifar10_batches(1, args.batch)
     x, y = x.to(dev), y.to(dev)
 
     def variant(net):
@@ -49,12 +50,22 @@ def main() -> None:
         def run():
             net.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
+
         return lambda: common.timed(run, args.iters, dev)
 
     samples = common.paired({k: variant(n) for k, n in nets.items()}, args.repeats, args.warmup)
-    common.report("vit_vs_timm_fwd_bwd", samples, baseline="timm", unit="s/iter",
-                  target=("ours_sdpa", "<=", 1.0), out=args.out, device=dev,
-                  layers=args.layers, batch=args.batch, params=params["timm"])
+    common.report(
+        "vit_vs_timm_fwd_bwd",
+        samples,
+        baseline="timm",
+        unit="s/iter",
+        target=("ours_sdpa", "<=", 1.0),
+        out=args.out,
+        device=dev,
+        layers=args.layers,
+        batch=args.batch,
+        params=params["timm"],
+    )
 
 
 if __name__ == "__main__":

@@ -99,12 +99,10 @@ def resized_crop(
     b, c, _, w_in = images.shape
     x = images.float()
     r0, r1, wr = _source_index(top, height, size)
-    rows = (
-        torch.lerp(
-            x.gather(2, r0[:, None, :, None].expand(b, c, size, w_in)),
-            x.gather(2, r1[:, None, :, None].expand(b, c, size, w_in)),
-            wr[:, None, :, None],
-        )
+    rows = torch.lerp(
+        x.gather(2, r0[:, None, :, None].expand(b, c, size, w_in)),
+        x.gather(2, r1[:, None, :, None].expand(b, c, size, w_in)),
+        wr[:, None, :, None],
     )
     c0, c1, wc = _source_index(left, width, size)
     return torch.lerp(

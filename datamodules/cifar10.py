@@ -299,12 +299,12 @@ class CIFAR10DataModule(pl.LightningDataModule):
             if self.hparams.train_subset:
                 train_idx = train_idx[: self.hparams.train_subset]
             self.data_train = ImageTensorDataset(
-                images[train_idx], labels[train_idx],
-                train_transform(self.hparams.augment, self.hparams.random_erasing), with_seed=self.mixes,
+                images[train_idx],
+                labels[train_idx],
+                train_transform(self.hparams.augment, self.hparams.random_erasing),
+                with_seed=self.mixes,
             )
-            self.data_val = ImageTensorDataset(
-                images[self.val_indices], labels[self.val_indices], eval_transform()
-            )
+            self.data_val = ImageTensorDataset(images[self.val_indices], labels[self.val_indices], eval_transform())
             log.info("CIFAR-10 split: %d train / %d val images", len(self.data_train), len(self.data_val))
         if self.data_test is None and stage in (None, "test", "predict"):
             images, labels = self._load(TEST_FILES)
@@ -316,11 +316,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         world = trainer.world_size if trainer is not None else 1
         if self.data_val is not None:
-            warn_uneven_shards("validation", len(self.data_val), world,
-                               f"Set data.val_size to a multiple of {world}.")
+            warn_uneven_shards("validation", len(self.data_val), world, f"Set data.val_size to a multiple of {world}.")
         if self.data_test is not None:
-            warn_uneven_shards("test", len(self.data_test), world,
-                               "Use a number of processes that divides 10000 for exact test numbers.")
+            warn_uneven_shards(
+                "test",
+                len(self.data_test),
+                world,
+                "Use a number of processes that divides 10000 for exact test numbers.",
+            )
 
     def _dataset(self, split: str) -> ImageTensorDataset:
         return {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]

@@ -147,7 +147,11 @@ def make_loader(
 
     trainer = trainer_getter() if trainer_getter is not None else None  # under DDP: this process's shard
     sampler = EpochShuffleSampler(
-        len(dataset), seed, epoch_fn=current_epoch, with_seeds=with_seeds,
-        num_replicas=getattr(trainer, "world_size", 1), rank=getattr(trainer, "global_rank", 0),
+        len(dataset),
+        seed,
+        epoch_fn=current_epoch,
+        with_seeds=with_seeds,
+        num_replicas=getattr(trainer, "world_size", 1),
+        rank=getattr(trainer, "global_rank", 0),
     )
     return ResumableLoader(dataset, sampler=sampler, drop_last=True, **kwargs)

@@ -124,9 +124,7 @@ class GPT2Tokenizer:
         self.tokenizer.decoder = decoders.ByteLevel()
         self.tokenizer.add_special_tokens([GPT2_EOT])
         self.eot_id = self.tokenizer.token_to_id(GPT2_EOT)
-        self._fingerprint = "gpt2-" + _sha256(
-            *((self.directory / f).read_bytes() for f in GPT2_FILES)
-        )[:16]
+        self._fingerprint = "gpt2-" + _sha256(*((self.directory / f).read_bytes() for f in GPT2_FILES))[:16]
 
     @property
     def vocab_size(self) -> int:

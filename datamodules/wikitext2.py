@@ -167,9 +167,7 @@ class WikiText2DataModule(pl.LightningDataModule):
         given = {"train": train_file, "val": val_file, "test": test_file}
         self.files = {s: self._resolve(given[s] or defaults[s]) for s in SPLITS}
         self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir else default_cache_dir()
-        self.tokenizer_dir = (
-            Path(tokenizer_dir).expanduser() if tokenizer_dir else self.root / "gpt2-tokenizer"
-        )
+        self.tokenizer_dir = Path(tokenizer_dir).expanduser() if tokenizer_dir else self.root / "gpt2-tokenizer"
         self.tokenizer = None
         self.datasets: dict[str, TensorDataset] = {}
 
@@ -202,10 +200,7 @@ class WikiText2DataModule(pl.LightningDataModule):
         names = ", ".join(p.name for p in missing)
         where = sorted({str(p.parent) for p in missing})
         if self.hparams.tokenizer == "npz":
-            how = (
-                "Copy the course's pre-tokenized wiki.train.npz, wiki.validation.npz and "
-                "wiki.test.npz there"
-            )
+            how = "Copy the course's pre-tokenized wiki.train.npz, wiki.validation.npz and wiki.test.npz there"
         else:
             how = (
                 "Download WikiText-2 (v1) from https://wikitext.smerity.com/wikitext-2-v1.zip and "
@@ -328,7 +323,11 @@ class WikiText2DataModule(pl.LightningDataModule):
                 self.datasets[split] = TensorDataset(*chunk(ids, self.hparams.seq_len))
                 log.info(
                     "WikiText-2 %s: %s -> %d tokens, %d sequences of %d",
-                    split, self.files[split].name, len(ids), len(self.datasets[split]), self.hparams.seq_len,
+                    split,
+                    self.files[split].name,
+                    len(ids),
+                    len(self.datasets[split]),
+                    self.hparams.seq_len,
                 )
 
     @property

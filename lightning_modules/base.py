@@ -174,9 +174,7 @@ class StudyModule(pl.LightningModule):
             raise RuntimeError(f"parameters outside {type(self).__name__}.net are not optimized: {missing}")
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(
-            optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
-        )
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -98,8 +98,9 @@ class TextGenerator:
         self._warned: set[str] = set()
 
     @classmethod
-    def from_run(cls, run: str | Path, ckpt: str = "best", data: dict[str, Any] | None = None,
-                 map_location: str = "cpu") -> TextGenerator:
+    def from_run(
+        cls, run: str | Path, ckpt: str = "best", data: dict[str, Any] | None = None, map_location: str = "cpu"
+    ) -> TextGenerator:
         """The run's checkpoint (``best``, ``last`` or a path) and its tokenizer, rebuilt from the run's
         data config (``data`` overrides, e.g. ``{"data_dir": ..., "tokenizer_dir": ...}``)."""
         from hydra.utils import instantiate
@@ -109,8 +110,10 @@ class TextGenerator:
         run = run_dir(run)
         cfg = run_config(run, data=data)
         if cfg.get("task") != "lstm":
-            raise ConfigError(f"Invalid setting run={str(run)!r}: a {cfg.get('task')} run; text generation needs "
-                              "a language model run (model=lstm).")
+            raise ConfigError(
+                f"Invalid setting run={str(run)!r}: a {cfg.get('task')} run; text generation needs "
+                "a language model run (model=lstm)."
+            )
         model = load_model(cfg, checkpoint(run, ckpt), map_location=map_location)
         datamodule = instantiate(cfg.data)
         datamodule.setup("validate")  # builds the tokenizer (the word vocabulary comes from the train file)
@@ -137,8 +140,9 @@ class TextGenerator:
             return " ".join(self.tokenizer.vocab[i] for i in ids).replace(" <eos> ", "\n").replace("<eos>", "\n")
         return self.tokenizer.decode(ids)
 
-    def generate(self, prompt: str, max_tokens: int = 50, temperature: float = 0.8, top_k: int | None = 40,
-                 seed: int = 1) -> Generation:
+    def generate(
+        self, prompt: str, max_tokens: int = 50, temperature: float = 0.8, top_k: int | None = 40, seed: int = 1
+    ) -> Generation:
         """Continue ``prompt``; prompt words outside the word vocabulary become ``<unk>`` (logged once each)."""
         prompt_ids, unknown = self.encode_prompt(prompt)
         new = [w for w in unknown if w not in self._warned]

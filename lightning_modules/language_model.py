@@ -10,9 +10,7 @@ from lightning_modules.metrics import ExpWeightedMean, WeightedMean
 from lightning_modules.nets.lstm import LSTMLanguageModel
 
 
-def masked_nll(
-    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_nll(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed negative log-likelihood of the real tokens and their number.
 
     ``logits`` (B, T, V), ``target`` (B, T) ids, ``mask`` (B, T) with 1 on real tokens and 0 on

@@ -22,9 +22,7 @@ class WarmupCosine:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if not 0 <= warmup_steps < total_steps:
-            raise ValueError(
-                f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}"
-            )
+            raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.total_steps = total_steps

@@ -75,8 +75,9 @@ def session_end_summary(status: str):
 
     info = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(status), end_time_secs=time.time())
     content = plugin_data_pb2.HParamsPluginData(session_end_info=info, version=0)
-    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
-        plugin_name="hparams", content=content.SerializeToString()))
+    metadata = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name="hparams", content=content.SerializeToString())
+    )
     return Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=metadata)])
 
 

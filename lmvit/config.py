@@ -24,7 +24,6 @@ from lightning_modules.nets.vit import NORMS
 from lmvit.errors import ConfigError
 
 
-
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -40,6 +39,8 @@ def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
 def _fraction_or_count(v: Any) -> bool:
     """Lightning's limit_*_batches: a fraction in [0, 1] or a whole number of batches."""
     return _is_int(v) and v >= 0 or isinstance(v, float) and 0.0 <= v <= 1.0
+
+
 def _is_pair(v: Any, ok: Callable[[Any], bool]) -> bool:
     return isinstance(v, (ListConfig, list, tuple)) and len(v) == 2 and all(ok(b) for b in v)
 
@@ -132,8 +133,7 @@ PER_IMAGE_ONLY = {"data.augment": lambda v: bool(v)}
 
 def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(
-        f"Invalid setting {key}={value!r}: must be {allowed}. Fix it on the command line "
-        f"(e.g. {key}=...) or in conf/."
+        f"Invalid setting {key}={value!r}: must be {allowed}. Fix it on the command line (e.g. {key}=...) or in conf/."
     )
 
 
@@ -220,8 +220,12 @@ def check_types(cfg: DictConfig, reference: DictConfig) -> None:
     def walk(node: Any, ref: Any, prefix: str) -> None:
         if isinstance(ref, DictConfig) and isinstance(node, DictConfig):
             for key in ref.keys():
-                skip = (key not in node or OmegaConf.is_missing(ref, key) or OmegaConf.is_missing(node, key)
-                        or OmegaConf.is_interpolation(ref, key))  # interpolations follow their source
+                skip = (
+                    key not in node
+                    or OmegaConf.is_missing(ref, key)
+                    or OmegaConf.is_missing(node, key)
+                    or OmegaConf.is_interpolation(ref, key)
+                )  # interpolations follow their source
                 if not skip:
                     walk(node[key], ref[key], f"{prefix}{key}.")
             return
@@ -234,6 +238,8 @@ def check_types(cfg: DictConfig, reference: DictConfig) -> None:
             _fail(prefix[:-1], node, TYPE_WORDS[expected])
 
     walk(cfg, reference, "")
+
+
 def _check_optimizer_package(cfg: DictConfig) -> None:
     """A third-party optimizer (conf/optimizer/lion.yaml, ...) whose package is missing: one line
     naming the extra to install, before anything is built."""
@@ -287,7 +293,7 @@ def reference_config(task_overrides: list[str], choices: dict[str, Any]) -> Dict
     groups = {key.split("@")[0] for key in choices}
     keep = [o for o in task_overrides if o.lstrip("+~").split("=")[0].split("@")[0] in groups]
     if len(keep) == len(task_overrides):  # group choices only: the run's config is the reference, nothing
-        return None                       # to check (and one composition, ~0.5 s of start-up, saved)
+        return None  # to check (and one composition, ~0.5 s of start-up, saved)
     try:
         return compose(config_name="train", overrides=keep)
     except Exception:  # composing never blocks a run: the type check is then skipped
@@ -306,9 +312,24 @@ HPARAM_COLUMNS = {
 }
 HPARAM_GROUPS = ("task", "experiment", "study_config", "model", "optimizer", "scheduler", "data", "trainer")
 # settings that do not change what is learnt (where files go, how fast data loads, how often to log)
-NOT_HPARAMS = ("_target_", "data_dir", "cache_dir", "tokenizer_dir", "folder", "num_workers", "pin_memory",
-               "download", "download_timeout", "default_root_dir", "log_every_n_steps", "enable_",
-               "num_sanity_val_steps", "limit_", "check_val_every_n_epoch", "val_check_interval")
+NOT_HPARAMS = (
+    "_target_",
+    "data_dir",
+    "cache_dir",
+    "tokenizer_dir",
+    "folder",
+    "num_workers",
+    "pin_memory",
+    "download",
+    "download_timeout",
+    "default_root_dir",
+    "log_every_n_steps",
+    "enable_",
+    "num_sanity_val_steps",
+    "limit_",
+    "check_val_every_n_epoch",
+    "val_check_interval",
+)
 
 
 def run_hparams(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -330,7 +351,10 @@ def run_hparams(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[
     shown = {k for k in HPARAM_COLUMNS.values() if k}
     for key, value in flat.items():
         leaf = key.rsplit(".", 1)[-1]
-        if (key.split(".")[0] in HPARAM_GROUPS and key not in shown
-                and not any(leaf.startswith(x) or leaf == x for x in NOT_HPARAMS)):
+        if (
+            key.split(".")[0] in HPARAM_GROUPS
+            and key not in shown
+            and not any(leaf.startswith(x) or leaf == x for x in NOT_HPARAMS)
+        ):
             out[key] = value
     return out

@@ -51,8 +51,7 @@ class SweepSummary(Callback):
             sweep_dir / "sweep_summary.json",
             {"jobs": jobs, "completed": len(jobs) - len(failed), "failed": [j["dir"] for j in failed]},
         )
-        log.info("Sweep summary: %d jobs, %d failed -> %s", len(jobs), len(failed),
-                 sweep_dir / "sweep_summary.json")
+        log.info("Sweep summary: %d jobs, %d failed -> %s", len(jobs), len(failed), sweep_dir / "sweep_summary.json")
         if failed:
             lines = "\n".join(f"  {j['dir']}: {j['status']}: {j['error']}" for j in failed)
             log.error("%d of %d jobs failed:\n%s", len(failed), len(jobs), lines)

@@ -14,7 +14,6 @@ OmegaConf.register_new_resolver(
 )
 
 
-
 def job_dirname(overrides: str, num: int) -> str:
     """A sweep job's directory: its overrides, shortened with a hash when too long for a file name."""
     if not overrides:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError, UserError
 
+
 def is_run(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
 

@@ -32,8 +32,14 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float =
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-12), msg=msg)
 
 
-def run_train(*overrides: str, log_dir: Path, data_dir: Path | None = None, check: bool = True,
-              timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_train(
+    *overrides: str,
+    log_dir: Path,
+    data_dir: Path | None = None,
+    check: bool = True,
+    timeout: int = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``python train.py <overrides>`` in a subprocess with logs under ``log_dir``."""
     args = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.log_dir={log_dir}"]
     if data_dir is not None:
@@ -67,15 +73,21 @@ def hparams_view(logdir: Path):
     mux = plugin_event_multiplexer.EventMultiplexer()
     mux.AddRunsFromDirectory(str(logdir))
     mux.Reload()
-    tb = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
-                               data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    tb = base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=mux, data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir))
+    )
     backend = backend_context.Context(tb)
-    experiment = get_experiment.Handler(context.RequestContext(), backend, "",
-                                        api_pb2.GetExperimentRequest()).run()
+    experiment = get_experiment.Handler(context.RequestContext(), backend, "", api_pb2.GetExperimentRequest()).run()
     request = api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=1000,
-        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE,
-                          api_pb2.STATUS_RUNNING])
+        start_index=0,
+        slice_size=1000,
+        allowed_statuses=[
+            api_pb2.STATUS_UNKNOWN,
+            api_pb2.STATUS_SUCCESS,
+            api_pb2.STATUS_FAILURE,
+            api_pb2.STATUS_RUNNING,
+        ],
+    )
     groups = list_session_groups.Handler(context.RequestContext(), backend, "", request).run()
     return experiment, groups
 

@@ -34,8 +34,9 @@ def test_mixed_targets_are_convex_combinations_of_the_two_labels(mixup, cutmix):
         lam = targets[torch.arange(8), labels]
         partner = labels.roll(1, 0)
         same = labels == partner
-        expected = torch.nn.functional.one_hot(labels, NUM_CLASSES) * lam[:, None] + \
-            torch.nn.functional.one_hot(partner, NUM_CLASSES) * (1 - lam[:, None])
+        expected = torch.nn.functional.one_hot(labels, NUM_CLASSES) * lam[:, None] + torch.nn.functional.one_hot(
+            partner, NUM_CLASSES
+        ) * (1 - lam[:, None])
         assert_close_rel(targets[~same], expected[~same].float())
         # one mixing weight for the whole batch
         lam_batch = lam[~same]
@@ -90,8 +91,16 @@ def test_per_image_options_are_seeded_and_change_images(pool, augment, erasing):
 
 def test_mixed_loader_batches_do_not_depend_on_workers(data_dir):
     def batches(workers):
-        dm = CIFAR10DataModule(str(data_dir), batch_size=8, num_workers=workers, train_subset=32,
-                               augment="autoaugment", random_erasing=0.5, mixup=0.8, cutmix=1.0)
+        dm = CIFAR10DataModule(
+            str(data_dir),
+            batch_size=8,
+            num_workers=workers,
+            train_subset=32,
+            augment="autoaugment",
+            random_erasing=0.5,
+            mixup=0.8,
+            cutmix=1.0,
+        )
         dm.setup("fit")
         return list(dm.train_dataloader())
 
@@ -113,8 +122,16 @@ def test_mix_collate_seeds_from_the_first_item():
 
 
 def test_device_path_erases_and_mixes_batches_with_their_seed(data_dir):
-    dm = CIFAR10DataModule(str(data_dir), batch_size=8, num_workers=0, train_subset=32,
-                           device_augment=True, random_erasing=1.0, mixup=0.8, cutmix=1.0)
+    dm = CIFAR10DataModule(
+        str(data_dir),
+        batch_size=8,
+        num_workers=0,
+        train_subset=32,
+        device_augment=True,
+        random_erasing=1.0,
+        mixup=0.8,
+        cutmix=1.0,
+    )
     dm.setup("fit")
     keys = next(iter(dm.train_dataloader()))
     x, t = dm.on_after_batch_transfer(keys, 0)
@@ -172,14 +189,17 @@ def test_device_random_erasing_matches_torchvision_distribution():
     assert torch.equal(dev, again)
 
 
-@pytest.mark.parametrize("key,value,allowed", [
-    ("data.augment", "autoaugmentt", "null or one of randaugment, trivialaugment, autoaugment"),
-    ("data.random_erasing", 1.5, "a number in [0, 1]"),
-    ("data.mixup", -1, "a number >= 0"),
-    ("model.label_smoothing", 1.0, "a number in [0, 1)"),
-    ("model.output_dropout", 1.0, "a number in [0, 1)"),
-    ("callbacks.ema.decay", 1.0, "null (off) or a number in (0, 1)"),
-])
+@pytest.mark.parametrize(
+    "key,value,allowed",
+    [
+        ("data.augment", "autoaugmentt", "null or one of randaugment, trivialaugment, autoaugment"),
+        ("data.random_erasing", 1.5, "a number in [0, 1]"),
+        ("data.mixup", -1, "a number >= 0"),
+        ("model.label_smoothing", 1.0, "a number in [0, 1)"),
+        ("model.output_dropout", 1.0, "a number in [0, 1)"),
+        ("callbacks.ema.decay", 1.0, "null (off) or a number in (0, 1)"),
+    ],
+)
 def test_new_settings_are_validated(key, value, allowed):
     cfg = OmegaConf.create({})
     OmegaConf.update(cfg, key, value, force_add=True)

@@ -86,7 +86,7 @@ def test_corrupt_file_is_an_error_naming_the_file(data_dir, tmp_path, damage):
     src = data_dir / FOLDER / "test_batch"
     bad = folder / "test_batch"
     if damage == "truncate":
-        bad.write_bytes(src.read_bytes()[: 1_000_000])
+        bad.write_bytes(src.read_bytes()[:1_000_000])
     else:
         bad.write_bytes(b"not a pickle at all" * 100)
     with pytest.raises(DatasetError, match=r"test_batch.*(unreadable|truncated)"):

@@ -59,15 +59,16 @@ class Spy(pl.Callback):
         self._step = trainer.global_step
         net = pl_module.net
         self.weights_at[self._step] = {n: p.detach().clone() for n, p in net.named_parameters()}
-        self.armed_hooks[self._step] = sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
-                                           for m in net.modules())
+        self.armed_hooks[self._step] = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         step = trainer.global_step
-        self.grad[step] = {b: torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ps]))
-                           for b, ps in self.blocks.items()}
-        self.weight[step] = {b: torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in ps]))
-                             for b, ps in self.blocks.items()}
+        self.grad[step] = {
+            b: torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ps])) for b, ps in self.blocks.items()
+        }
+        self.weight[step] = {
+            b: torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in ps])) for b, ps in self.blocks.items()
+        }
         self._before = {b: [p.detach().clone() for p in ps] for b, ps in self.blocks.items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -80,9 +81,16 @@ class Spy(pl.Callback):
 
 
 def _fit(module, dataset, callbacks, batch_size=8):
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
-                         limit_train_batches=STEPS)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=STEPS,
+    )
     trainer.fit(module, DataLoader(dataset, batch_size=batch_size))
     assert trainer.global_step == STEPS
 
@@ -99,8 +107,9 @@ def _check_logged(dyn: TrainingDynamics, spy: Spy, blocks: list[str]) -> None:
         for b in blocks:
             assert_close_rel(torch.tensor(record["grad_norm"][b]), spy.grad[step][b], msg=f"grad {b} @{step}")
             assert_close_rel(torch.tensor(record["weight_norm"][b]), spy.weight[step][b], msg=f"weight {b}")
-            assert_close_rel(torch.tensor(record["update_ratio"][b]), spy.ratio[step][b], rtol=1e-4,
-                             msg=f"update ratio {b} @{step}")
+            assert_close_rel(
+                torch.tensor(record["update_ratio"][b]), spy.ratio[step][b], rtol=1e-4, msg=f"update ratio {b} @{step}"
+            )
         total = torch.linalg.vector_norm(torch.stack(list(spy.grad[step].values())))
         assert_close_rel(torch.tensor(record["grad_norm"]["all"]), total)
     # hooks exist on logging steps only (the spy's own hooks are always there)
@@ -111,18 +120,24 @@ def _check_logged(dyn: TrainingDynamics, spy: Spy, blocks: list[str]) -> None:
 
 def test_vit_norms_match_hand_computation():
     torch.manual_seed(0)
-    module = ViTClassifier(optimizer=partial(torch.optim.SGD, lr=0.05), embed_dim=16, hidden_dim=32,
-                           num_heads=2, num_layers=3)
+    module = ViTClassifier(
+        optimizer=partial(torch.optim.SGD, lr=0.05), embed_dim=16, hidden_dim=32, num_heads=2, num_layers=3
+    )
     net = module.net
     groups = parameter_groups(net)
     assert list(groups) == ["embed", "block0", "block1", "block2", "head"]
     assert [n for n, _ in groups["embed"]] == ["cls_token", "pos_embed", "patch_embed.weight", "patch_embed.bias"]
     assert all(n.startswith("blocks.1.") for n, _ in groups["block1"])
-    blocks = {"embed": [net.patch_embed.weight, net.patch_embed.bias, net.cls_token, net.pos_embed],
-              **{f"block{i}": list(b.parameters()) for i, b in enumerate(net.blocks)},
-              "head": list(net.head.parameters())}
-    hooked = {"embed": (net.blocks[0], "input"), **{f"block{i}": (b, "output") for i, b in enumerate(net.blocks)},
-              "head": (net.head, "output")}
+    blocks = {
+        "embed": [net.patch_embed.weight, net.patch_embed.bias, net.cls_token, net.pos_embed],
+        **{f"block{i}": list(b.parameters()) for i, b in enumerate(net.blocks)},
+        "head": list(net.head.parameters()),
+    }
+    hooked = {
+        "embed": (net.blocks[0], "input"),
+        **{f"block{i}": (b, "output") for i, b in enumerate(net.blocks)},
+        "head": (net.head, "output"),
+    }
     spy = Spy(blocks, hooked)
     dyn = TrainingDynamics(every_n_steps=EVERY)
     x, y = torch.randn(STEPS * 8, 3, 32, 32), torch.randint(0, 10, (STEPS * 8,))
@@ -141,16 +156,25 @@ def test_vit_norms_match_hand_computation():
 
 def test_lstm_norms_match_hand_computation():
     torch.manual_seed(0)
-    module = LanguageModel(optimizer=partial(torch.optim.SGD, lr=0.5), vocab_size=40, embedding_size=12,
-                           hidden_size=10, num_layers=2)
+    module = LanguageModel(
+        optimizer=partial(torch.optim.SGD, lr=0.5), vocab_size=40, embedding_size=12, hidden_size=10, num_layers=2
+    )
     net = module.net
-    blocks = {"embedding": [net.embedding.weight],  # tied with the classifier: one parameter
-              "layer0": [p for n, p in net.lstm.named_parameters() if n.endswith("_l0")],
-              "layer1": [p for n, p in net.lstm.named_parameters() if n.endswith("_l1")],
-              "projection": list(net.projection.parameters())}
+    blocks = {
+        "embedding": [net.embedding.weight],  # tied with the classifier: one parameter
+        "layer0": [p for n, p in net.lstm.named_parameters() if n.endswith("_l0")],
+        "layer1": [p for n, p in net.lstm.named_parameters() if n.endswith("_l1")],
+        "projection": list(net.projection.parameters()),
+    }
     assert list(parameter_groups(net)) == list(blocks)
-    spy = Spy(blocks, {"embedding": (net.embedding, "output"), "lstm": (net.lstm, "output"),
-                       "projection": (net.projection, "output")})
+    spy = Spy(
+        blocks,
+        {
+            "embedding": (net.embedding, "output"),
+            "lstm": (net.lstm, "output"),
+            "projection": (net.projection, "output"),
+        },
+    )
     dyn = TrainingDynamics(every_n_steps=EVERY)
     tokens = torch.randint(0, 40, (STEPS * 4, 9))
     _fit(module, TensorDataset(tokens[:, :-1], tokens[:, 1:], torch.ones(STEPS * 4, 8)), [dyn, spy], batch_size=4)
@@ -179,15 +203,19 @@ def _synthetic_run(root: Path, name: str, study_config: str, blocks: list[str], 
     ratio(step) for block i at steps 0, 10, ..., 90."""
     run = root / name
     run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps(
-        {"status": "completed", "task": "vit", "experiment": {"study_config": study_config, "label": name}}))
+    (run / "metrics.json").write_text(
+        json.dumps({"status": "completed", "task": "vit", "experiment": {"study_config": study_config, "label": name}})
+    )
     with (run / "dynamics.jsonl").open("w") as f:
         for step in range(0, 100, 10):
-            record = {"step": step, "epoch": 0,
-                      "grad_norm": {b: grad(step, i) for i, b in enumerate(blocks)},
-                      "weight_norm": {b: 10.0 for b in blocks},
-                      "update_ratio": {**{b: ratio(step) for b in blocks}, "all": ratio(step)},
-                      "residual_norm": {b: 1.0 for b in blocks}}
+            record = {
+                "step": step,
+                "epoch": 0,
+                "grad_norm": {b: grad(step, i) for i, b in enumerate(blocks)},
+                "weight_norm": {b: 10.0 for b in blocks},
+                "update_ratio": {**{b: ratio(step) for b in blocks}, "all": ratio(step)},
+                "residual_norm": {b: 1.0 for b in blocks},
+            }
             f.write(json.dumps(record) + "\n")
         f.write('{"step": 100, "grad_no')  # a torn last line (a killed run) is skipped
     return run
@@ -198,7 +226,7 @@ def test_figures_from_synthetic_dynamics(tmp_path):
 
     vit6 = ["embed"] + [f"block{i}" for i in range(6)] + ["head"]
     # post-norm: gradients grow towards the output at first (x2 per block), flat at the end; pre-norm flat
-    _synthetic_run(tmp_path, "post", "table2/7", vit6, lambda s, i: 2.0 ** i if s == 0 else 1.0, lambda s: 1e-3)
+    _synthetic_run(tmp_path, "post", "table2/7", vit6, lambda s, i: 2.0**i if s == 0 else 1.0, lambda s: 1e-3)
     _synthetic_run(tmp_path, "pre", "table2/6", vit6, lambda s, i: 1.0 if s == 0 else 0.5, lambda s: 1e-3)
     vit2 = ["embed", "block0", "block1", "head"]
     _synthetic_run(tmp_path, "sgd", "table2/3", vit2, lambda s, i: 1.0, lambda s: 1e-6 * (1 + s))
@@ -208,16 +236,20 @@ def test_figures_from_synthetic_dynamics(tmp_path):
     assert sorted(frame["step"].unique()) == list(range(0, 100, 10))
     summary = grad_norm_summary(frame)
     assert summary["early_step"] == 0 and summary["late_steps"] == [50, 90]
-    assert summary["early_last_over_first"] == pytest.approx(2.0 ** 6 / 2.0)  # block5 / block0
+    assert summary["early_last_over_first"] == pytest.approx(2.0**6 / 2.0)  # block5 / block0
     assert summary["late_last_over_first"] == pytest.approx(1.0)
 
     out = tmp_path / "report"
     report = write_dynamics(load_runs(tmp_path), out)
-    assert [f.name for f in report.files] == ["dynamics_grad_norm_by_layer.png", "dynamics_grad_norm_by_layer.csv",
-                                              "dynamics_update_ratio.png", "dynamics_update_ratio.csv"]
+    assert [f.name for f in report.files] == [
+        "dynamics_grad_norm_by_layer.png",
+        "dynamics_grad_norm_by_layer.csv",
+        "dynamics_update_ratio.png",
+        "dynamics_update_ratio.csv",
+    ]
     table = pd.read_csv(out / "dynamics_grad_norm_by_layer.csv")
     post_early = table[(table["configuration"].str.startswith("post")) & (table["when"] == "early")].iloc[0]
-    assert post_early["block5"] == 2.0 ** 6 and post_early["last/first"] == 32.0
+    assert post_early["block5"] == 2.0**6 and post_early["last/first"] == 32.0
     for f in report.files[::2]:
         image = matplotlib.image.imread(f)
         assert image.shape[0] > 200 and image.shape[1] > 400
@@ -253,8 +285,9 @@ def test_nothing_runs_between_logging_steps():
     """The callback's own hooks dispatch no tensor operation at all on the steps between logging
     steps (so no device sync, no copy, no kernel), and do their work on the logging steps."""
     torch.manual_seed(0)
-    module = ViTClassifier(optimizer=partial(torch.optim.AdamW, lr=1e-3), embed_dim=8, hidden_dim=8,
-                           num_heads=1, num_layers=1)
+    module = ViTClassifier(
+        optimizer=partial(torch.optim.AdamW, lr=1e-3), embed_dim=8, hidden_dim=8, num_heads=1, num_layers=1
+    )
     dyn = TrainingDynamics(every_n_steps=3)
     ops: dict[tuple[int, str], int] = {}
     steps = {"step": 0}
@@ -269,6 +302,7 @@ def test_nothing_runs_between_logging_steps():
                 original(trainer, *args, **kwargs)
             key = (steps["step"], name)
             ops[key] = ops.get(key, 0) + counter.ops
+
         return wrapper
 
     for name in ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"):
@@ -300,9 +334,19 @@ def test_train_py_writes_dynamics_and_the_report_draws_them(tmp_path, data_dir):
     from analysis import load_scalars, write_report
     from tests.helpers import find_runs, run_train
 
-    run_train("experiment=table2_7_adamw_6l_post", "debug=fast", "model.embed_dim=16", "model.hidden_dim=16",
-              "model.num_heads=2", "callbacks.dynamics.every_n_steps=2", "callbacks.progress_bar=null",
-              "test=false", log_dir=tmp_path, data_dir=data_dir, env={"OMP_NUM_THREADS": "1"})
+    run_train(
+        "experiment=table2_7_adamw_6l_post",
+        "debug=fast",
+        "model.embed_dim=16",
+        "model.hidden_dim=16",
+        "model.num_heads=2",
+        "callbacks.dynamics.every_n_steps=2",
+        "callbacks.progress_bar=null",
+        "test=false",
+        log_dir=tmp_path,
+        data_dir=data_dir,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     (run,) = find_runs(tmp_path)
     frame = load_dynamics(run)
     assert sorted(frame["step"].unique()) == [0, 2, 4]  # 2 epochs x 3 batches, every 2 steps

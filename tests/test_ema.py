@@ -27,8 +27,15 @@ def _module(seed=0):
 
 
 def _trainer(callbacks, **kwargs):
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     return pl.Trainer(callbacks=callbacks, **{**options, **kwargs})
 
 
@@ -76,8 +83,9 @@ def test_ema_follows_its_formula_and_is_validated_as_its_own_metric():
 
 def test_ema_off_adds_nothing():
     module, ema = _module(), EMA(None)
-    _trainer([ema], max_epochs=1, limit_val_batches=1).fit(module, DataLoader(_data(8), batch_size=8),
-                                                           DataLoader(_data(8), batch_size=8))
+    _trainer([ema], max_epochs=1, limit_val_batches=1).fit(
+        module, DataLoader(_data(8), batch_size=8), DataLoader(_data(8), batch_size=8)
+    )
     assert ema.average is None and ema.state_dict() == {}
     assert "val/acc_ema" not in module.trainer.callback_metrics
 

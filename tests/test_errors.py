@@ -17,10 +17,16 @@ CASES = [
     # (overrides, exit code, what the one line must say)
     (["model=lstm", "data.train_file=nope.tokens"], 1, "WikiText-2 files missing in"),
     (["scheduler=cosine", "scheduler.warmup_fraction=2"], 2, "scheduler.warmup_fraction=2: must be a number in [0, 1)"),
-    ([*LSTM, "model.embeddings_path=/no/such/embeddings.npz"], 2,
-     "model.embeddings_path='/no/such/embeddings.npz': no such file"),
-    ([*LSTM, "data.tokenizer=gpt2", "data.tokenizer_dir=/no/such/folder"], 2,
-     "data.tokenizer_dir='/no/such/folder': no such folder"),
+    (
+        [*LSTM, "model.embeddings_path=/no/such/embeddings.npz"],
+        2,
+        "model.embeddings_path='/no/such/embeddings.npz': no such file",
+    ),
+    (
+        [*LSTM, "data.tokenizer=gpt2", "data.tokenizer_dir=/no/such/folder"],
+        2,
+        "data.tokenizer_dir='/no/such/folder': no such folder",
+    ),
     (["data.train_subset=0"], 2, "data.train_subset=0: must be an integer >= 1"),
     (["trainer.max_epochs=ten"], 2, "trainer.max_epochs='ten': must be an integer"),
     (["scheduler=cosine", "scheduler.warmup_fraction=abc"], 2, "scheduler.warmup_fraction='abc': must be a number"),
@@ -50,7 +56,9 @@ def test_error_types_are_defined_once():
     assert cifar10.DatasetError is wikitext2.DatasetError is errors.DatasetError
     assert config.ConfigError is errors.ConfigError
     assert errors.ConfigError.exit_code == 2 and errors.DatasetError.exit_code == 1
-    assert all(issubclass(e, errors.UserError) for e in (errors.ConfigError, errors.DatasetError, errors.DivergenceError))
+    assert all(
+        issubclass(e, errors.UserError) for e in (errors.ConfigError, errors.DatasetError, errors.DivergenceError)
+    )
 
 
 def test_wrapped_user_error_is_found_and_exits_with_its_code():
@@ -70,15 +78,24 @@ def test_wrapped_user_error_is_found_and_exits_with_its_code():
         raise ValueError("a bug")
 
 
-@pytest.mark.parametrize("key,value,ok", [
-    ("trainer.max_epochs", "ten", False), ("trainer.max_epochs", 3, True), ("trainer.max_epochs", 3.5, False),
-    ("optimizer.lr", 1, True), ("optimizer.lr", "fast", False), ("test", "maybe", False), ("test", False, True),
-    ("trainer.devices", "auto", True),  # Lightning's own words are allowed where it takes them
-    ("label", 7, True),  # strings take anything
-])
+@pytest.mark.parametrize(
+    "key,value,ok",
+    [
+        ("trainer.max_epochs", "ten", False),
+        ("trainer.max_epochs", 3, True),
+        ("trainer.max_epochs", 3.5, False),
+        ("optimizer.lr", 1, True),
+        ("optimizer.lr", "fast", False),
+        ("test", "maybe", False),
+        ("test", False, True),
+        ("trainer.devices", "auto", True),  # Lightning's own words are allowed where it takes them
+        ("label", 7, True),  # strings take anything
+    ],
+)
 def test_type_check_against_the_default_config(key, value, ok):
-    reference = OmegaConf.create({"trainer": {"max_epochs": 10, "devices": 1}, "optimizer": {"lr": 3e-4},
-                                  "test": True, "label": None})
+    reference = OmegaConf.create(
+        {"trainer": {"max_epochs": 10, "devices": 1}, "optimizer": {"lr": 3e-4}, "test": True, "label": None}
+    )
     cfg = OmegaConf.merge(reference, OmegaConf.from_dotlist([f"{key}={value}"]))
     if ok:
         check_types(cfg, reference)

@@ -28,8 +28,13 @@ pytestmark = pytest.mark.slow
 FAST = ["debug=fast", "callbacks.progress_bar=null"]
 RUNS = {
     "vit": ["model.embed_dim=32", "model.hidden_dim=32", "model.num_heads=2"],
-    "lstm": ["model=lstm", "data=wikitext2_offline", "model.embedding_size=32", "model.hidden_size=32",
-             "data.seq_len=32"],
+    "lstm": [
+        "model=lstm",
+        "data=wikitext2_offline",
+        "model.embedding_size=32",
+        "model.hidden_size=32",
+        "data.seq_len=32",
+    ],
 }
 
 
@@ -43,8 +48,10 @@ def runs(tmp_path_factory, data_dir, cache) -> dict[str, Path]:
     log_dir = tmp_path_factory.mktemp("eval_runs")
     env = {"OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cache)}
     with ThreadPoolExecutor(len(RUNS)) as pool:
-        jobs = [pool.submit(run_train, *overrides, *FAST, log_dir=log_dir, data_dir=data_dir, env=env)
-                for overrides in RUNS.values()]
+        jobs = [
+            pool.submit(run_train, *overrides, *FAST, log_dir=log_dir, data_dir=data_dir, env=env)
+            for overrides in RUNS.values()
+        ]
         for job in jobs:
             job.result()
     found = {load_metrics(run)["task"]: run for run in find_runs(log_dir)}
@@ -54,8 +61,14 @@ def runs(tmp_path_factory, data_dir, cache) -> dict[str, Path]:
 
 def _cli(script: str, *args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cache)}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
 
 
 def test_eval_of_a_folder_equals_each_runs_test_numbers(runs, cache):
@@ -127,8 +140,16 @@ def test_generate_is_seeded_and_the_cli_prints_the_same_text(runs, cache, monkey
     other = generator.generate("The history of", 20, 0.8, 40, seed=2)
     assert first.text == again.text and len(first.ids) == 20
     assert other.text != first.text
-    proc = _cli("generate.py", f"run={runs['lstm']}", "prompt=The history of", "max_tokens=20", "temperature=0.8",
-                "top_k=40", "seed=1", cache=cache)
+    proc = _cli(
+        "generate.py",
+        f"run={runs['lstm']}",
+        "prompt=The history of",
+        "max_tokens=20",
+        "temperature=0.8",
+        "top_k=40",
+        "seed=1",
+        cache=cache,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith(f"The history of {first.text}".strip())
     with pytest.raises(ConfigError, match="language model"):

@@ -124,10 +124,17 @@ def test_vit_inspection_in_a_real_fit(data_dir, tmp_path, monkeypatch):
     summary = RunSummary(str(tmp_path / "metrics.json"), task="vit", monitor="val/acc")
     inspect = AttentionInspection(every_n_epochs=1, num_images=4)
     classes = ClassInspection(every_n_epochs=1, num_misclassified=5)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, num_sanity_val_steps=1, accelerator="cpu",
-                         logger=TensorBoardLogger(str(tmp_path), name="tb", version=""), enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[inspect, classes, TextSamples(), summary])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        num_sanity_val_steps=1,
+        accelerator="cpu",
+        logger=TensorBoardLogger(str(tmp_path), name="tb", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[inspect, classes, TextSamples(), summary],
+    )
     trainer.fit(model, datamodule=dm)
 
     # sanity check + 3 validation batches + 2 training steps: fused path; one inspection: explicit
@@ -188,12 +195,15 @@ def test_prompt_words_outside_the_vocabulary_become_unk_said_once(caplog):
     assert sum("zork" in r.getMessage() for r in caplog.records) == 1
 
 
-@pytest.mark.parametrize("override, allowed", [
-    ("callbacks.attention_inspection.every_n_epochs=0", "an integer >= 1"),
-    ("callbacks.class_inspection.num_misclassified=-1", "an integer >= 0"),
-    ("callbacks.text_samples.temperature=-0.5", "a number >= 0"),
-    ("callbacks.text_samples.top_k=0", "an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, allowed",
+    [
+        ("callbacks.attention_inspection.every_n_epochs=0", "an integer >= 1"),
+        ("callbacks.class_inspection.num_misclassified=-1", "an integer >= 0"),
+        ("callbacks.text_samples.temperature=-0.5", "a number >= 0"),
+        ("callbacks.text_samples.top_k=0", "an integer >= 1"),
+    ],
+)
 def test_bad_callback_settings_fail_before_any_data(override, allowed):
     from hydra import compose, initialize_config_dir
 

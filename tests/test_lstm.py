@@ -38,9 +38,15 @@ def adam(params):
 @pytest.fixture(scope="module")
 def datamodule(data_dir, tmp_path_factory):
     """Word-level chunks of 32 tokens, wiki.valid as train and wiki.test as val/test."""
-    dm = WikiText2DataModule(str(data_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), seq_len=32,
-                             batch_size=4, train_file="wiki.valid.tokens", val_file="wiki.test.tokens",
-                             test_file="wiki.test.tokens")
+    dm = WikiText2DataModule(
+        str(data_dir),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        seq_len=32,
+        batch_size=4,
+        train_file="wiki.valid.tokens",
+        val_file="wiki.test.tokens",
+        test_file="wiki.test.tokens",
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -113,8 +119,14 @@ def test_masked_loss_ignores_padding(datamodule):
 
 
 def _trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def test_epoch_perplexity_is_token_weighted(datamodule):
@@ -156,7 +168,12 @@ def test_lstm_config_composes_and_instantiates(data_dir):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["model=lstm", f"data.data_dir={data_dir}"])
     assert cfg.task == "lstm" and cfg.monitor.metric == "val/ppl" and cfg.monitor.mode == "min"
-    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.data.batch_size, cfg.data.seq_len) == (1e-3, 5e-4, 16, 256)
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.data.batch_size, cfg.data.seq_len) == (
+        1e-3,
+        5e-4,
+        16,
+        256,
+    )
     assert (cfg.seed, cfg.trainer.max_epochs, cfg.model.num_layers) == (42, 10, 1)
     model = instantiate(cfg.model)  # the net waits for the data's vocabulary ...
     assert model.net is None
@@ -179,9 +196,18 @@ SMALL = ["model.embedding_size=32", "model.hidden_size=32", "data.seq_len=32", "
 
 @pytest.mark.slow
 def test_short_run_writes_artifacts_and_lowers_val_ppl(data_dir, tmp_path):
-    run_train("model=lstm", "debug=fast", *OFFLINE, *SMALL, f"data.cache_dir={tmp_path / 'cache'}",
-              "trainer.max_epochs=3", "trainer.limit_train_batches=5", "optimizer.lr=1e-2",
-              log_dir=tmp_path / "logs", data_dir=data_dir)
+    run_train(
+        "model=lstm",
+        "debug=fast",
+        *OFFLINE,
+        *SMALL,
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=5",
+        "optimizer.lr=1e-2",
+        log_dir=tmp_path / "logs",
+        data_dir=data_dir,
+    )
     (run,) = find_runs(tmp_path / "logs")
     assert run.parent.parent.name == "lstm"
     metrics = load_metrics(run)
@@ -205,10 +231,21 @@ def test_short_run_writes_artifacts_and_lowers_val_ppl(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_optimizer_sweep_gives_four_runs(data_dir, tmp_path):
-    run_train("-m", "model=lstm", "data=wikitext2_offline", "optimizer=adam,adamw,sgd,momentum", "debug=fast",
-              "model.embedding_size=16", "model.hidden_size=16", "data.seq_len=16", "trainer.max_epochs=1",
-              "test=false", log_dir=tmp_path / "logs", data_dir=data_dir,
-              env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    run_train(
+        "-m",
+        "model=lstm",
+        "data=wikitext2_offline",
+        "optimizer=adam,adamw,sgd,momentum",
+        "debug=fast",
+        "model.embedding_size=16",
+        "model.hidden_size=16",
+        "data.seq_len=16",
+        "trainer.max_epochs=1",
+        "test=false",
+        log_dir=tmp_path / "logs",
+        data_dir=data_dir,
+        env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
     runs = find_runs(tmp_path / "logs")
     assert len(runs) == 4 and all(r.parent.parent.name == "multiruns" for r in runs)
     names = sorted(next(p for p in r.name.split(",") if p.startswith("optimizer=")) for r in runs)

@@ -21,12 +21,22 @@ def _fake_run(root, name, experiment, task, final, test, overrides=()):
         cfg = compose("train", overrides=[f"experiment={experiment}", *overrides] if experiment else list(overrides))
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     metric = next(iter(final))
-    (run / "metrics.json").write_text(json.dumps({
-        "status": "completed", "task": task, "epochs": cfg.trainer.max_epochs, "train_seconds": 10.0,
-        "experiment": {"name": experiment, "label": cfg.get("label"), "study_config": cfg.get("study_config")},
-        "final": final, "best": {metric: final[metric], "epoch": 1}, "test": test, "params": {"learnable": 1},
-        "history": [],
-    }))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "task": task,
+                "epochs": cfg.trainer.max_epochs,
+                "train_seconds": 10.0,
+                "experiment": {"name": experiment, "label": cfg.get("label"), "study_config": cfg.get("study_config")},
+                "final": final,
+                "best": {metric: final[metric], "epoch": 1},
+                "test": test,
+                "params": {"learnable": 1},
+                "history": [],
+            }
+        )
+    )
     return run
 
 

@@ -18,20 +18,33 @@ from tests.helpers import ROOT, find_runs, load_metrics, run_train
 
 # a small ViT with dropout (exercises the RNG), 10 batches an epoch, deterministic kernels
 SMALL = [
-    "model.num_layers=1", "model.embed_dim=64", "model.hidden_dim=128", "model.num_heads=4",
-    "model.dropout=0.1", "data.train_subset=320", "data.batch_size=32", "trainer.max_epochs=3",
-    "trainer.limit_val_batches=3", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1",
-    "trainer.deterministic=true", "callbacks.progress_bar=null",
+    "model.num_layers=1",
+    "model.embed_dim=64",
+    "model.hidden_dim=128",
+    "model.num_heads=4",
+    "model.dropout=0.1",
+    "data.train_subset=320",
+    "data.batch_size=32",
+    "trainer.max_epochs=3",
+    "trainer.limit_val_batches=3",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.deterministic=true",
+    "callbacks.progress_bar=null",
 ]
 TIMING_KEYS = ("time/", "memory/")
 
 
 def comparable(metrics: dict) -> dict:
     """The numbers of a metrics.json that must not depend on timing."""
-    history = [{k: v for k, v in row.items() if not k.startswith(TIMING_KEYS)}
-               for row in metrics["history"]]
-    return {"final": metrics["final"], "best": metrics["best"], "test": metrics["test"],
-            "history": history, "epochs": metrics["epochs"]}
+    history = [{k: v for k, v in row.items() if not k.startswith(TIMING_KEYS)} for row in metrics["history"]]
+    return {
+        "final": metrics["final"],
+        "best": metrics["best"],
+        "test": metrics["test"],
+        "history": history,
+        "epochs": metrics["epochs"],
+    }
 
 
 @pytest.mark.slow
@@ -42,12 +55,14 @@ def test_run_killed_mid_epoch_and_resumed_matches_uninterrupted_run(tmp_path, da
 
     # step 17 is batch 7 of epoch 2; the last checkpoint on disk is step 16 (mid-epoch)
     kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=17"]
-    proc = run_train(*SMALL, *every, "data.num_workers=2", *kill, log_dir=tmp_path / "b",
-                     data_dir=data_dir, check=False)
+    proc = run_train(
+        *SMALL, *every, "data.num_workers=2", *kill, log_dir=tmp_path / "b", data_dir=data_dir, check=False
+    )
     assert proc.returncode == -9, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "b" / "vit" / "runs").iterdir()
     assert not (run_dir / "metrics.json").exists()
     import torch
+
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (ckpt["global_step"], ckpt["epoch"]) == (16, 1)
 
@@ -56,14 +71,14 @@ def test_run_killed_mid_epoch_and_resumed_matches_uninterrupted_run(tmp_path, da
     steps = [e.step for e in events.Scalars("train/loss_step")]
     assert max(steps) >= 15
 
-    run_train(f"resume={run_dir}", "++callbacks.kill.step=-1", log_dir=tmp_path / "b",
-              data_dir=None)
+    run_train(f"resume={run_dir}", "++callbacks.kill.step=-1", log_dir=tmp_path / "b", data_dir=None)
     resumed = load_metrics(run_dir)
     assert resumed["status"] == "completed"
     assert "+callbacks.kill.step=17" in resumed["overrides"]  # the run's own overrides
     assert comparable(resumed) == comparable(load_metrics(uninterrupted))
     assert "val/acc_ema" in resumed["history"][-1]
     from lightning_modules.callbacks.ema import EMA
+
     ema_a, ema_b = (EMA.net_state_dict(r / "checkpoints" / "last.ckpt") for r in (uninterrupted, run_dir))
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
     assert list((run_dir / "resumes").iterdir())  # Hydra's files of the resumed session
@@ -74,8 +89,9 @@ def test_run_killed_mid_epoch_and_resumed_matches_uninterrupted_run(tmp_path, da
 
 @pytest.mark.slow
 def test_same_seed_gives_identical_numbers_whatever_the_workers(tmp_path, data_dir):
-    run_train("-m", "data.num_workers=0,2", *SMALL, "trainer.max_epochs=2", "test=false",
-              log_dir=tmp_path, data_dir=data_dir)
+    run_train(
+        "-m", "data.num_workers=0,2", *SMALL, "trainer.max_epochs=2", "test=false", log_dir=tmp_path, data_dir=data_dir
+    )
     runs = find_runs(tmp_path)
     assert len(runs) == 2
     a, b = (comparable(load_metrics(r)) for r in runs)
@@ -152,9 +168,16 @@ def test_unknown_optimizer_lists_the_choices(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_divergence_stops_at_once_and_keeps_last_good_checkpoint(tmp_path, data_dir):
-    proc = run_train("debug=fast", "optimizer=sgd", "optimizer.lr=1e9", "trainer.max_epochs=3",
-                     "callbacks.periodic_checkpoint.every_n_train_steps=1",
-                     log_dir=tmp_path, data_dir=data_dir, check=False)
+    proc = run_train(
+        "debug=fast",
+        "optimizer=sgd",
+        "optimizer.lr=1e9",
+        "trainer.max_epochs=3",
+        "callbacks.periodic_checkpoint.every_n_train_steps=1",
+        log_dir=tmp_path,
+        data_dir=data_dir,
+        check=False,
+    )
     assert proc.returncode == 1
     err = proc.stdout + proc.stderr
     assert "train/loss is nan at step" in err or "train/loss is inf at step" in err
@@ -164,6 +187,7 @@ def test_divergence_stops_at_once_and_keeps_last_good_checkpoint(tmp_path, data_
     assert metrics["status"] == "diverged"
     assert "diverged" in metrics["error"]["message"]
     import torch
+
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -171,8 +195,16 @@ def test_divergence_stops_at_once_and_keeps_last_good_checkpoint(tmp_path, data_
 
 @pytest.mark.slow
 def test_sweep_survives_a_failed_job_and_exits_nonzero_naming_it(tmp_path, data_dir):
-    proc = run_train("-m", "debug=fast", "trainer.max_epochs=1", "test=false",
-                     "model.num_layers=1,0", log_dir=tmp_path, data_dir=data_dir, check=False)
+    proc = run_train(
+        "-m",
+        "debug=fast",
+        "trainer.max_epochs=1",
+        "test=false",
+        "model.num_layers=1,0",
+        log_dir=tmp_path,
+        data_dir=data_dir,
+        check=False,
+    )
     assert proc.returncode == 1
     (sweep,) = (tmp_path / "debug" / "vit" / "multiruns").iterdir()
     summary = json.loads((sweep / "sweep_summary.json").read_text())
@@ -233,11 +265,17 @@ def test_deferred_divergence_check_still_guards_every_checkpoint(tmp_path):
     from lightning_modules.callbacks import FiniteLossGuard
     from lmvit.errors import DivergenceError
 
-    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1,
-                           filename="step{step}", auto_insert_metric_name=False)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False,
-                         callbacks=[FiniteLossGuard(check_every_n_steps=1000), ckpt])
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1, filename="step{step}", auto_insert_metric_name=False
+    )
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[FiniteLossGuard(check_every_n_steps=1000), ckpt],
+    )
     data = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=2)
     with pytest.raises(DivergenceError, match=r"train/loss is nan at step 7 \(epoch 0, batch 6\)"):
         trainer.fit(_NaNAtStep(bad_step=7), data)

@@ -30,11 +30,21 @@ pytestmark = pytest.mark.slow
 # multirun first composes without the swept presets (model=vit), where these keys do not exist.
 SWEEPS = {
     "vit": ["experiment=table2_1_adam,table2_3_sgd"],
-    "lstm": ["experiment=table1_1_adam,table1_3_sgd", "data=wikitext2_offline", "++model.embedding_size=32",
-             "++model.hidden_size=32", "++data.seq_len=32"],
+    "lstm": [
+        "experiment=table1_1_adam,table1_3_sgd",
+        "data=wikitext2_offline",
+        "++model.embedding_size=32",
+        "++model.hidden_size=32",
+        "++data.seq_len=32",
+    ],
 }
-FAST = ["debug=fast", "callbacks.progress_bar=null", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1"]
+FAST = [
+    "debug=fast",
+    "callbacks.progress_bar=null",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +53,18 @@ def tiny_sweep(tmp_path_factory, data_dir) -> Path:
     cache = tmp_path_factory.mktemp("cache")  # the LSTM's token-id cache, not the user's
     # both sweeps at once, one thread each: mostly start-up (imports, data), so they overlap well
     with ThreadPoolExecutor(len(SWEEPS)) as pool:
-        jobs = [pool.submit(run_train, "-m", *overrides, *FAST, log_dir=log_dir, data_dir=data_dir,
-                            env={"OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cache)})
-                for overrides in SWEEPS.values()]
+        jobs = [
+            pool.submit(
+                run_train,
+                "-m",
+                *overrides,
+                *FAST,
+                log_dir=log_dir,
+                data_dir=data_dir,
+                env={"OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cache)},
+            )
+            for overrides in SWEEPS.values()
+        ]
         for job in jobs:
             job.result()
     runs = find_runs(log_dir)
@@ -64,27 +83,46 @@ def report_dir(tiny_sweep) -> Path:
 
 def _final(run_dir: Path) -> dict:
     summary = load_metrics(run_dir)
-    return {**summary["final"], "train_seconds": summary["train_seconds"],
-            "study_config": summary["experiment"]["study_config"]}
+    return {
+        **summary["final"],
+        "train_seconds": summary["train_seconds"],
+        "study_config": summary["experiment"]["study_config"],
+    }
 
 
 @pytest.mark.parametrize(
     "name, task, columns, metrics",
     [
-        ("table1", "lstm", TABLE1_COLUMNS, {"Train loss": "train/loss", "Train PPL": "train/ppl",
-                                            "Val loss": "val/loss", "Val PPL": "val/ppl",
-                                            "Train time": "train_seconds"}),
-        ("table2", "vit", TABLE2_COLUMNS, {"Train loss": "train/loss", "Train Acc": "train/acc",
-                                           "Val loss": "val/loss", "Val Acc": "val/acc",
-                                           "Train Time": "train_seconds"}),
+        (
+            "table1",
+            "lstm",
+            TABLE1_COLUMNS,
+            {
+                "Train loss": "train/loss",
+                "Train PPL": "train/ppl",
+                "Val loss": "val/loss",
+                "Val PPL": "val/ppl",
+                "Train time": "train_seconds",
+            },
+        ),
+        (
+            "table2",
+            "vit",
+            TABLE2_COLUMNS,
+            {
+                "Train loss": "train/loss",
+                "Train Acc": "train/acc",
+                "Val loss": "val/loss",
+                "Val Acc": "val/acc",
+                "Train Time": "train_seconds",
+            },
+        ),
     ],
 )
-def test_table_has_study_columns_our_numbers_and_the_difference(report_dir, tiny_sweep, name, task,
-                                                                 columns, metrics):
+def test_table_has_study_columns_our_numbers_and_the_difference(report_dir, tiny_sweep, name, task, columns, metrics):
     table = pd.read_csv(report_dir / f"{name}.csv")
     assert set(columns) <= set(table.columns)
-    header = next(line for line in (report_dir / f"{name}.md").read_text().splitlines()
-                  if line.startswith("| Config"))
+    header = next(line for line in (report_dir / f"{name}.md").read_text().splitlines() if line.startswith("| Config"))
     assert set(columns) <= {cell.strip() for cell in header.strip("|").split("|")}
     runs = [r for r in find_runs(tiny_sweep) if load_metrics(r)["task"] == task]
     assert len(table) == len(runs)
@@ -130,8 +168,15 @@ def test_table3_difference_on_a_gpu_run(tiny_sweep, tmp_path):
 
 
 def test_figures_are_written(report_dir):
-    expected = ["figure1", "figure3", "figure4", "vit_all_epochs", "vit_all_wallclock",
-                "lstm_all_epochs", "lstm_all_wallclock"]
+    expected = [
+        "figure1",
+        "figure3",
+        "figure4",
+        "vit_all_epochs",
+        "vit_all_wallclock",
+        "lstm_all_epochs",
+        "lstm_all_wallclock",
+    ]
     for stem in expected:
         path = report_dir / f"{stem}.png"
         assert path.stat().st_size > 10_000, path
@@ -171,8 +216,7 @@ def test_unfinished_runs_are_listed_not_reported(tiny_sweep, tmp_path):
     assert statuses["job0"] == "no metrics.json" and statuses["job1"] == "failed"
     assert "empty_job" not in statuses
     reported = pd.concat([pd.read_csv(sweep / "report" / f"table{i}.csv") for i in (1, 2)])
-    assert sorted(Path(r).name for r in reported["Run"]) == sorted(
-        n for n, s in statuses.items() if s == "completed")
+    assert sorted(Path(r).name for r in reported["Run"]) == sorted(n for n, s in statuses.items() if s == "completed")
     index = (sweep / "report" / "README.md").read_text()
     assert "no metrics.json" in index and "CUDA out of memory" in index
 
@@ -190,7 +234,11 @@ def test_hparams_tab_lists_every_run_with_its_final_metrics(tiny_sweep):
     hparam_names = {h.name for h in experiment.hparam_infos}
     metric_tags = {m.name.tag for m in experiment.metric_infos}
     assert {"optimizer", "lr", "weight_decay", "layers", "norm", "seed", "label", "study_config"} <= hparam_names
-    assert not [h for h in hparam_names if h.endswith(("dir", "dirpath", "path")) or h.startswith(("callbacks.", "logger.", "paths."))]
+    assert not [
+        h
+        for h in hparam_names
+        if h.endswith(("dir", "dirpath", "path")) or h.startswith(("callbacks.", "logger.", "paths."))
+    ]
     # the sweep varies the optimizer (and the task): those columns lead the table, no run directory does
     columns = [h.name for h in experiment.hparam_infos]
     differing = [h.name for h in experiment.hparam_infos if h.differs]
@@ -238,13 +286,19 @@ def test_notebook_executes_headless(tiny_sweep, tmp_path):
     # kernel "python3" = this interpreter (the project's venv), whatever kernels the machine has
     spec = tmp_path / "kernels" / "python3"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3", "language": "python"}))
-    manager = KernelManager(kernel_name="python3",
-                            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
-    client = NotebookClient(notebook, km=manager, timeout=300,
-                            resources={"metadata": {"path": str(path.parent)}})
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3",
+                "language": "python",
+            }
+        )
+    )
+    manager = KernelManager(
+        kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)])
+    )
+    client = NotebookClient(notebook, km=manager, timeout=300, resources={"metadata": {"path": str(path.parent)}})
     client.execute(env={**os.environ, "LMVIT_SWEEP_DIR": str(tiny_sweep)})
 
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]

@@ -20,8 +20,8 @@ import yaml
 from scipy import stats as st
 
 from analysis import load_runs, table2, to_markdown
-from analysis.findings import K_STATED, check_findings
 from analysis.figures import plot_curves
+from analysis.findings import K_STATED, check_findings
 from analysis.lrgrid import lr_grids
 from analysis.report import write_report
 from analysis.stats import summarize, welch
@@ -30,16 +30,41 @@ from tests.helpers import ROOT, find_runs, load_metrics, run_train
 
 T975 = {1: 12.706204736174704, 2: 4.302652729911275, 3: 3.182446305284263, 4: 2.7764451051977987}
 STUDY = {  # table2/N -> (optimizer, layers, norm)
-    1: ("adam", 2, "pre"), 2: ("adamw", 2, "pre"), 3: ("sgd", 2, "pre"), 4: ("momentum", 2, "pre"),
-    5: ("adamw", 4, "pre"), 6: ("adamw", 6, "pre"), 7: ("adamw", 6, "post"),
+    1: ("adam", 2, "pre"),
+    2: ("adamw", 2, "pre"),
+    3: ("sgd", 2, "pre"),
+    4: ("momentum", 2, "pre"),
+    5: ("adamw", 4, "pre"),
+    6: ("adamw", 6, "pre"),
+    7: ("adamw", 6, "post"),
 }
-TARGETS = {"adam": ("torch.optim.Adam", 0.0), "adamw": ("torch.optim.AdamW", 0.0), "sgd": ("torch.optim.SGD", 0.0),
-           "momentum": ("torch.optim.SGD", 0.9), "lion": ("lion_pytorch.Lion", 0.0)}
+TARGETS = {
+    "adam": ("torch.optim.Adam", 0.0),
+    "adamw": ("torch.optim.AdamW", 0.0),
+    "sgd": ("torch.optim.SGD", 0.0),
+    "momentum": ("torch.optim.SGD", 0.9),
+    "lion": ("lion_pytorch.Lion", 0.0),
+}
 
 
-def make_run(root: Path, name: str, *, optimizer="adamw", layers=2, norm="pre", seed=1, lr=3e-4, epochs=10,
-             train_subset=None, val_acc=0.6, status="completed", memory=None, history=None,
-             study_config="auto", extra=None) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    *,
+    optimizer="adamw",
+    layers=2,
+    norm="pre",
+    seed=1,
+    lr=3e-4,
+    epochs=10,
+    train_subset=None,
+    val_acc=0.6,
+    status="completed",
+    memory=None,
+    history=None,
+    study_config="auto",
+    extra=None,
+) -> Path:
     """A run directory as train.py leaves it (the parts the report reads)."""
     run = root / name
     run.mkdir(parents=True)
@@ -47,23 +72,40 @@ def make_run(root: Path, name: str, *, optimizer="adamw", layers=2, norm="pre", 
     if study_config == "auto":
         study_config = next((f"table2/{k}" for k, v in STUDY.items() if v == (optimizer, layers, norm)), None)
     config = {
-        "optimizer": {"_target_": target, "_partial_": True, "lr": lr, "weight_decay": 5e-4,
-                      **({"momentum": momentum} if target.endswith("SGD") else {})},
+        "optimizer": {
+            "_target_": target,
+            "_partial_": True,
+            "lr": lr,
+            "weight_decay": 5e-4,
+            **({"momentum": momentum} if target.endswith("SGD") else {}),
+        },
         "data": {"train_subset": train_subset, "seed": seed, "data_dir": f"/data/{seed}"},
-        "task": "vit", "monitor": {"metric": "val/acc", "mode": "max"},
+        "task": "vit",
+        "monitor": {"metric": "val/acc", "mode": "max"},
         "model": {"num_layers": layers, "norm": norm, "embed_dim": 256},
         "trainer": {"max_epochs": epochs, "default_root_dir": str(run)},
-        "paths": {"output_dir": str(run)}, "seed": seed, "label": None, "study_config": study_config,
+        "paths": {"output_dir": str(run)},
+        "seed": seed,
+        "label": None,
+        "study_config": study_config,
         **(extra or {}),
     }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     history = history or [{"epoch": e, "val/loss": 2.0 - 0.1 * e, "train/loss": 2.0 - 0.12 * e} for e in range(epochs)]
     summary = {
-        "status": status, "task": "vit", "seed": seed, "epochs": epochs,
+        "status": status,
+        "task": "vit",
+        "seed": seed,
+        "epochs": epochs,
         "experiment": {"name": None, "label": None, "study_config": study_config},
         "final": {"val/acc": val_acc, "val/loss": 1.0, "train/loss": 0.9, "train/acc": val_acc + 0.02},
-        "best": {"val/acc": val_acc, "epoch": epochs - 1}, "test": {}, "train_seconds": 100.0 + seed,
-        "peak_memory_mb": memory, "peak_rss_mb": 1000.0, "params": {"learnable": 1}, "error": None,
+        "best": {"val/acc": val_acc, "epoch": epochs - 1},
+        "test": {},
+        "train_seconds": 100.0 + seed,
+        "peak_memory_mb": memory,
+        "peak_rss_mb": 1000.0,
+        "params": {"learnable": 1},
+        "error": None,
         "history": history,
     }
     (run / "metrics.json").write_text(json.dumps(summary))
@@ -130,9 +172,20 @@ def test_one_seed_per_configuration_reads_as_before(tmp_path):
 def test_figure_draws_the_mean_with_a_std_band(tmp_path):
     runs_ = [make_run(tmp_path, f"s{seed}", seed=seed) for seed in (1, 2, 3)]
     runs = load_runs(tmp_path)
-    curves = pd.DataFrame([{"run": str(r.resolve()), "epoch": e, "val/acc": 0.1 * e + 0.01 * i, "train/acc": 0.1 * e,
-                            "val/loss": 1.0, "train/loss": 1.0}
-                           for i, r in enumerate(runs_) for e in (1, 2)])
+    curves = pd.DataFrame(
+        [
+            {
+                "run": str(r.resolve()),
+                "epoch": e,
+                "val/acc": 0.1 * e + 0.01 * i,
+                "train/acc": 0.1 * e,
+                "val/loss": 1.0,
+                "train/loss": 1.0,
+            }
+            for i, r in enumerate(runs_)
+            for e in (1, 2)
+        ]
+    )
     fig = plot_curves(runs, curves, "vit", "epoch", "t")
     ax = fig.axes[1]
     val_line = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
@@ -144,8 +197,9 @@ def test_figure_draws_the_mean_with_a_std_band(tmp_path):
 
 # -- findings ------------------------------------------------------------------------------------
 def _check(result, finding: str, contains: str = "") -> pd.DataFrame:
-    rows = result.checks[(result.checks["finding"] == finding) & result.checks["check"].str.contains(contains,
-                                                                                                    regex=False)]
+    rows = result.checks[
+        (result.checks["finding"] == finding) & result.checks["check"].str.contains(contains, regex=False)
+    ]
     assert len(rows), (finding, contains)
     return rows
 
@@ -154,11 +208,14 @@ def _verdict(result, finding: str) -> str:
     return result.summary.set_index("finding").at[finding, "verdict"]
 
 
-@pytest.mark.parametrize("adamw, adam, verdict", [
-    ([0.66, 0.67, 0.68], [0.60, 0.61, 0.62], "supported"),
-    ([0.60, 0.61, 0.62], [0.66, 0.67, 0.68], "contradicted"),
-    ([0.60, 0.66, 0.63], [0.61, 0.65, 0.62], "inconclusive"),
-])
+@pytest.mark.parametrize(
+    "adamw, adam, verdict",
+    [
+        ([0.66, 0.67, 0.68], [0.60, 0.61, 0.62], "supported"),
+        ([0.60, 0.61, 0.62], [0.66, 0.67, 0.68], "contradicted"),
+        ([0.60, 0.66, 0.63], [0.61, 0.65, 0.62], "inconclusive"),
+    ],
+)
 def test_verdict_from_welch_interval(tmp_path, adamw, adam, verdict):
     for seed, (a, b) in enumerate(zip(adamw, adam), start=1):
         make_run(tmp_path, f"adamw{seed}", seed=seed, val_acc=a)
@@ -243,11 +300,26 @@ def test_best_learning_rate_per_optimizer(tmp_path):
     for opt, points in grid.items():
         for lr, accs in points.items():
             for seed, acc in enumerate(accs, start=1):
-                make_run(tmp_path, f"{opt}_{lr:g}_{seed}", optimizer=opt, lr=lr, seed=seed, val_acc=acc, epochs=3,
-                         train_subset=5000)
+                make_run(
+                    tmp_path,
+                    f"{opt}_{lr:g}_{seed}",
+                    optimizer=opt,
+                    lr=lr,
+                    seed=seed,
+                    val_acc=acc,
+                    epochs=3,
+                    train_subset=5000,
+                )
     make_run(tmp_path, "sgd_1_1", optimizer="sgd", lr=1.0, status="diverged", epochs=3, train_subset=5000)
-    make_run(tmp_path, "adam_other_setting", optimizer="adam", lr=3e-4, epochs=3, train_subset=5000,
-             extra={"data": {"train_subset": 5000, "seed": 1, "batch_size": 64}})  # not part of the grid
+    make_run(
+        tmp_path,
+        "adam_other_setting",
+        optimizer="adam",
+        lr=3e-4,
+        epochs=3,
+        train_subset=5000,
+        extra={"data": {"train_subset": 5000, "seed": 1, "batch_size": 64}},
+    )  # not part of the grid
     best = lr_grids(load_runs(tmp_path)).best
     best = best.set_index(best["optimizer"].str.lower())  # Adam, SGD (the study's names), lion (its own)
     expected = {opt: max(points, key=lambda lr: np.mean(points[lr])) for opt, points in grid.items()}
@@ -288,10 +360,21 @@ def test_lr_grid_presets_sweep_a_log_grid_around_the_studys_lr():
 def test_lr_grid_sweep_with_seeds_end_to_end(tmp_path, data_dir):
     """A real (tiny) lr-grid sweep over two seeds: one job directory per (lr, seed), the report's
     tables group the seeds and the lr section picks the lr with the best mean over seeds."""
-    run_train("experiment=lrgrid_vit_adamw", "optimizer.lr=1e-4,3e-3", "seed=1,2", "debug=fast",
-              "callbacks.progress_bar=null", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-              "test=false", "data.train_subset=64", "model.num_layers=1", log_dir=tmp_path, data_dir=data_dir,
-              env={"OMP_NUM_THREADS": "1"})
+    run_train(
+        "experiment=lrgrid_vit_adamw",
+        "optimizer.lr=1e-4,3e-3",
+        "seed=1,2",
+        "debug=fast",
+        "callbacks.progress_bar=null",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "data.train_subset=64",
+        "model.num_layers=1",
+        log_dir=tmp_path,
+        data_dir=data_dir,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     runs = find_runs(tmp_path)
     assert len(runs) == 4 and len({r.name for r in runs}) == 4 and all("seed=" in r.name for r in runs)
     report = write_report(tmp_path / "debug", tmp_path / "report")  # debug presets write below <log_dir>/debug

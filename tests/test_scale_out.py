@@ -46,8 +46,7 @@ def overrides_of(run_dir: Path) -> dict[str, str]:
 def test_ddp_on_two_processes_logs_once_and_matches_a_single_process_evaluation(tmp_path, data_dir):
     # val_size=64 = 2 processes x 2 batches x 16 images: DistributedSampler splits the 64 images into
     # two disjoint halves with no padding, and debug's limit_val_batches=2 covers each half entirely.
-    proc = run_train(*TINY, "trainer=ddp", "trainer.devices=2", "data.val_size=64",
-                     log_dir=tmp_path, data_dir=data_dir)
+    proc = run_train(*TINY, "trainer=ddp", "trainer.devices=2", "data.val_size=64", log_dir=tmp_path, data_dir=data_dir)
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # rank 1 joined the process group
 
     runs = find_runs(tmp_path)
@@ -96,8 +95,15 @@ def test_ddp_subprocess_launch_inside_a_multirun_is_refused():
     from lmvit.distributed import check_ddp_launch
     from lmvit.errors import ConfigError
 
-    trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         try:
             for mode, refused in (("RUN", False), ("MULTIRUN", True)):
@@ -139,8 +145,16 @@ def _sweep_runs(log_dir: Path, jobs: int) -> list[Path]:
 @pytest.mark.slow
 def test_optuna_search_with_trials_in_parallel_on_joblib(tmp_path, data_dir):
     """hparams_search=optuna: 2 trials, asked together and run by the joblib launcher in parallel."""
-    run_train(*TINY, "hparams_search=optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-              "hydra.sweeper.n_trials=2", *SWEEP_JOB, log_dir=tmp_path, data_dir=data_dir)
+    run_train(
+        *TINY,
+        "hparams_search=optuna",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_trials=2",
+        *SWEEP_JOB,
+        log_dir=tmp_path,
+        data_dir=data_dir,
+    )
     runs = _sweep_runs(tmp_path, jobs=2)
 
     # joblib ran the two jobs in two worker processes (the basic launcher would use one)
@@ -165,8 +179,15 @@ def test_optuna_search_with_trials_in_parallel_on_joblib(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_submitit_local_sweep_runs_two_jobs(tmp_path, data_dir):
-    run_train("-m", *TINY, "hydra/launcher=submitit_local", "optimizer.lr=1e-3,3e-4", *SWEEP_JOB,
-              log_dir=tmp_path, data_dir=data_dir)
+    run_train(
+        "-m",
+        *TINY,
+        "hydra/launcher=submitit_local",
+        "optimizer.lr=1e-3,3e-4",
+        *SWEEP_JOB,
+        log_dir=tmp_path,
+        data_dir=data_dir,
+    )
     runs = _sweep_runs(tmp_path, jobs=2)
     assert sorted(float(overrides_of(r)["optimizer.lr"]) for r in runs) == [3e-4, 1e-3]
     # each job ran as its own submitit job (its pickled result and logs under .submitit/)
@@ -188,9 +209,17 @@ def test_slurm_launcher_config_matches_lightning_ddp_and_requeue(tmp_path, monke
     from omegaconf import OmegaConf
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", return_hydra_config=True, overrides=[
-            "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-            "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
+        cfg = compose(
+            "train",
+            return_hydra_config=True,
+            overrides=[
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=gpu",
+                "trainer=ddp",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+            ],
+        )
     env = SLURMEnvironment()  # what Lightning auto-detects on SLURM
     launcher = instantiate(cfg.hydra.launcher)
     assert type(launcher).__name__ == "SlurmLauncher"
@@ -201,8 +230,9 @@ def test_slurm_launcher_config_matches_lightning_ddp_and_requeue(tmp_path, monke
     (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
     (tmp_path / "bin" / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{Path('/usr/bin')}:{Path('/bin')}")
-    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm",
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    executor = submitit.AutoExecutor(
+        folder=tmp_path, cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
@@ -253,10 +283,24 @@ def test_table_jobs_side_by_side_keep_their_own_dirs_logs_and_caches(tmp_path, d
     from datamodules.wikitext2 import FOLDER
 
     cache = tmp_path / "token-cache"
-    run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=fast", "model=lstm",
-              "data=wikitext2_offline", "model.embedding_size=16", "model.hidden_size=16", "data.seq_len=16",
-              "trainer.max_epochs=1", "trainer.accelerator=cpu", "optimizer=adam,adamw", f"data.cache_dir={cache}",
-              log_dir=tmp_path / "logs", data_dir=data_dir, env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    run_train(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "debug=fast",
+        "model=lstm",
+        "data=wikitext2_offline",
+        "model.embedding_size=16",
+        "model.hidden_size=16",
+        "data.seq_len=16",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "optimizer=adam,adamw",
+        f"data.cache_dir={cache}",
+        log_dir=tmp_path / "logs",
+        data_dir=data_dir,
+        env={"XDG_CACHE_HOME": str(tmp_path / "xdg")},
+    )
     (sweep,) = (tmp_path / "logs" / "debug" / "lstm" / "multiruns").iterdir()
     runs = sorted(find_runs(sweep), key=lambda r: overrides_of(r)["optimizer"])
     assert [overrides_of(r)["optimizer"] for r in runs] == ["adam", "adamw"] and runs[0] != runs[1]

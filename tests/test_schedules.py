@@ -13,9 +13,19 @@ from lightning_modules.schedules import WarmupCosine, cosine_with_warmup
 def test_warmup_cosine_values_by_hand():
     # 10 steps, 2 of warm-up: factors (s+1)/3 for s < 2, then 0.5 (1 + cos(pi (s-2)/8))
     schedule = WarmupCosine(total_steps=10, warmup_steps=2)
-    expected = [1 / 3, 2 / 3, 1.0, 0.5 * (1 + math.cos(math.pi / 8)), 0.5 * (1 + math.cos(math.pi / 4)),
-                0.5 * (1 + math.cos(3 * math.pi / 8)), 0.5, 0.5 * (1 + math.cos(5 * math.pi / 8)),
-                0.5 * (1 + math.cos(3 * math.pi / 4)), 0.5 * (1 + math.cos(7 * math.pi / 8)), 0.0]
+    expected = [
+        1 / 3,
+        2 / 3,
+        1.0,
+        0.5 * (1 + math.cos(math.pi / 8)),
+        0.5 * (1 + math.cos(math.pi / 4)),
+        0.5 * (1 + math.cos(3 * math.pi / 8)),
+        0.5,
+        0.5 * (1 + math.cos(5 * math.pi / 8)),
+        0.5 * (1 + math.cos(3 * math.pi / 4)),
+        0.5 * (1 + math.cos(7 * math.pi / 8)),
+        0.0,
+    ]
     assert [schedule(s) for s in range(11)] == pytest.approx(expected)
 
 
@@ -23,8 +33,13 @@ def test_min_lr_ratio_is_the_floor():
     schedule = WarmupCosine(total_steps=4, warmup_steps=0, min_lr_ratio=0.1)
     # 0.1 + 0.9 * 0.5 (1 + cos(pi s / 4))
     assert [schedule(s) for s in range(5)] == pytest.approx(
-        [1.0, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)), 0.55,
-         0.1 + 0.9 * 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.1]
+        [
+            1.0,
+            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)),
+            0.55,
+            0.1 + 0.9 * 0.5 * (1 + math.cos(3 * math.pi / 4)),
+            0.1,
+        ]
     )
 
 
@@ -46,9 +61,11 @@ def test_lambda_lr_steps_the_optimizer_learning_rate():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"total_steps": 0, "warmup_steps": 0}, "total_steps"),
-     ({"total_steps": 5, "warmup_steps": 5}, "warmup_steps"),
-     ({"total_steps": 5, "warmup_steps": 1, "min_lr_ratio": 2.0}, "min_lr_ratio")],
+    [
+        ({"total_steps": 0, "warmup_steps": 0}, "total_steps"),
+        ({"total_steps": 5, "warmup_steps": 5}, "warmup_steps"),
+        ({"total_steps": 5, "warmup_steps": 1, "min_lr_ratio": 2.0}, "min_lr_ratio"),
+    ],
 )
 def test_bad_settings_name_the_setting(kwargs, match):
     with pytest.raises(ValueError, match=match):

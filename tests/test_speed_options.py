@@ -49,10 +49,12 @@ def test_resized_crop_matches_torchvision_per_image(images):
     ours = resized_crop(x, top, left, h, w, SIZE)
     boxes = zip(top.tolist(), left.tolist(), h.tolist(), w.tolist())
     per_image = [(x[i], *b) for i, b in enumerate(boxes)]
-    ref_float = torch.stack([TF.resized_crop(im.float(), t, l, hh, ww, [SIZE, SIZE], antialias=True)
-                             for im, t, l, hh, ww in per_image])
-    ref_uint8 = torch.stack([TF.resized_crop(im, t, l, hh, ww, [SIZE, SIZE], antialias=True)
-                             for im, t, l, hh, ww in per_image]).float()
+    ref_float = torch.stack(
+        [TF.resized_crop(im.float(), t, l, hh, ww, [SIZE, SIZE], antialias=True) for im, t, l, hh, ww in per_image]
+    )
+    ref_uint8 = torch.stack(
+        [TF.resized_crop(im, t, l, hh, ww, [SIZE, SIZE], antialias=True) for im, t, l, hh, ww in per_image]
+    ).float()
     # the same function as torchvision's bilinear (antialiased) resize...
     assert_close_rel(ours, ref_float)
     # ...and within one uint8 level of the CPU path's uint8 kernel (fixed-point rounding)
@@ -135,13 +137,24 @@ def test_device_augment_datamodule_matches_cpu_path(data_dir):
         torch.testing.assert_close(stat(x_dev), stat(x_cpu), atol=0.01, rtol=0)
     # the crop shows in the images: the border pixels are interpolated, not copied, in most images
     raw = dev.data_train.images[:10].float() / 255
-    assert not torch.allclose(x_dev[:10], (raw - torch.tensor(cifar10.MEAN).view(3, 1, 1)) / torch.tensor(cifar10.STD).view(3, 1, 1))
+    assert not torch.allclose(
+        x_dev[:10], (raw - torch.tensor(cifar10.MEAN).view(3, 1, 1)) / torch.tensor(cifar10.STD).view(3, 1, 1)
+    )
 
 
 # -- no device sync in the training step -------------------------------------------------------
 # ops that copy a device value to the host (or whose output size depends on device data)
-SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "item", "_unique2", "unique_dim", "nonzero",
-            "masked_select", "bincount", "unique_consecutive"}
+SYNC_OPS = {
+    "_local_scalar_dense",
+    "is_nonzero",
+    "item",
+    "_unique2",
+    "unique_dim",
+    "nonzero",
+    "masked_select",
+    "bincount",
+    "unique_consecutive",
+}
 
 
 class SyncCounter(TorchDispatchMode):
@@ -162,8 +175,12 @@ def _optimizer_step_counter(args) -> bool:
     import traceback
 
     t = args[0] if args else None
-    return (isinstance(t, torch.Tensor) and t.dim() == 0 and t.is_floating_point()
-            and any("/torch/optim/" in f.filename for f in traceback.extract_stack(limit=8)))
+    return (
+        isinstance(t, torch.Tensor)
+        and t.dim() == 0
+        and t.is_floating_point()
+        and any("/torch/optim/" in f.filename for f in traceback.extract_stack(limit=8))
+    )
 
 
 class _CountBetweenSteps(pl.Callback):
@@ -192,8 +209,9 @@ def _lstm_case(images):
     tokens = images[0][:64].flatten()[: 64 * 9].long().view(64, 9)  # real bytes as token ids
     mask = torch.ones(64, 8)
     mask[::5, 6:] = 0  # some padding, as the last chunk has
-    module = LanguageModel(optimizer=partial(torch.optim.AdamW, lr=1e-3), vocab_size=256,
-                           embedding_size=16, hidden_size=16, num_layers=1)
+    module = LanguageModel(
+        optimizer=partial(torch.optim.AdamW, lr=1e-3), vocab_size=256, embedding_size=16, hidden_size=16, num_layers=1
+    )
     return module, TensorDataset(tokens[:, :-1], tokens[:, 1:], mask)
 
 
@@ -202,7 +220,10 @@ def test_training_step_has_no_device_sync(images, case):
     module, dataset = case(images)
     spy = _CountBetweenSteps()
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
         # the divergence guard with N > 1 keeps its record on the device: no sync either
         callbacks=[spy, ProgressBar(), FiniteLossGuard(check_every_n_steps=100)],
         log_every_n_steps=1000,
@@ -225,8 +246,15 @@ def test_progress_bar_stays_live_and_epoch_metrics_match_an_independent_count(im
             losses.append(float(outputs["loss"]))
 
     module.train_acc.reset()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, callbacks=[bar, Record()], num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[bar, Record()],
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, DataLoader(dataset, batch_size=16))
     task = bar.progress.tasks[bar.train_progress_bar_id]
     assert task.completed == task.total == 4
@@ -242,9 +270,17 @@ def test_speed_options_run_and_compiled_checkpoint_round_trip(tmp_path, data_dir
     with finite bf16 losses, and the compiled net's checkpoint loads into a plain (uncompiled)
     module that gives the compiled net's outputs. ``model.compile=aot_eager``: the graph capture
     and autograd tracing of the default inductor, without its minutes of C++ code generation."""
-    run_train("debug=fast", "model.attention=sdpa", "trainer.precision=bf16-mixed",
-              "data.device_augment=true", "model.compile=aot_eager", *TINY_OVERRIDES,
-              "trainer.accelerator=cpu", log_dir=tmp_path, data_dir=data_dir)
+    run_train(
+        "debug=fast",
+        "model.attention=sdpa",
+        "trainer.precision=bf16-mixed",
+        "data.device_augment=true",
+        "model.compile=aot_eager",
+        *TINY_OVERRIDES,
+        "trainer.accelerator=cpu",
+        log_dir=tmp_path,
+        data_dir=data_dir,
+    )
     (run,) = find_runs(tmp_path)
     metrics = load_metrics(run)
     assert metrics["status"] == "completed", metrics["error"]

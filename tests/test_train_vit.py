@@ -63,8 +63,15 @@ def test_fast_run_writes_events_checkpoints_and_metrics(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_optimizer_sweep_gives_one_directory_per_job(tmp_path, data_dir):
-    run_train("-m", "optimizer=adam,adamw,sgd,momentum", "debug=fast", "trainer.max_epochs=1",
-              "test=false", log_dir=tmp_path, data_dir=data_dir)
+    run_train(
+        "-m",
+        "optimizer=adam,adamw,sgd,momentum",
+        "debug=fast",
+        "trainer.max_epochs=1",
+        "test=false",
+        log_dir=tmp_path,
+        data_dir=data_dir,
+    )
     runs = find_runs(tmp_path)
     # directories are named after the job's overrides
     names = sorted(r.name.split(",")[0] for r in runs)
@@ -78,9 +85,17 @@ def test_optimizer_sweep_gives_one_directory_per_job(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_short_real_run_lowers_the_training_loss(tmp_path, data_dir):
-    run_train("data.train_subset=256", "data.batch_size=64", "data.num_workers=0",
-              "trainer.max_epochs=5", "trainer.limit_val_batches=2", "test=false",
-              "optimizer.lr=1e-3", log_dir=tmp_path, data_dir=data_dir)
+    run_train(
+        "data.train_subset=256",
+        "data.batch_size=64",
+        "data.num_workers=0",
+        "trainer.max_epochs=5",
+        "trainer.limit_val_batches=2",
+        "test=false",
+        "optimizer.lr=1e-3",
+        log_dir=tmp_path,
+        data_dir=data_dir,
+    )
     (run,) = find_runs(tmp_path)
     losses = [row["train/loss"] for row in load_metrics(run)["history"]]
     assert len(losses) == 5

@@ -163,14 +163,22 @@ def test_unwritable_cache_dir_names_the_setting(data_dir, tmp_path):
 def test_missing_files_offline_error_names_files_and_folder(tmp_path):
     # mirrors on a closed local port: a real (failing) network attempt, nothing mocked
     dm = WikiText2DataModule(
-        str(tmp_path), cache_dir=str(tmp_path / "cache"), download_timeout=2,
+        str(tmp_path),
+        cache_dir=str(tmp_path / "cache"),
+        download_timeout=2,
         mirrors=("http://127.0.0.1:9/wikitext-2/", "http://127.0.0.1:9/wikitext-2-v1.zip"),
     )
     with pytest.raises(DatasetError) as err:
         dm.prepare_data()
     message = str(err.value)
-    for expected in ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens",
-                     str(tmp_path / "wikitext-2"), "downloading them failed", "data.train_file"):
+    for expected in (
+        "wiki.train.tokens",
+        "wiki.valid.tokens",
+        "wiki.test.tokens",
+        str(tmp_path / "wikitext-2"),
+        "downloading them failed",
+        "data.train_file",
+    ):
         assert expected in message
     assert not (tmp_path / "wikitext-2").exists() or not any((tmp_path / "wikitext-2").iterdir())
 
@@ -180,10 +188,14 @@ def test_npz_tokens_are_read_as_they_are(gpt2, data_dir, tmp_path):
     lines = (data_dir / "wikitext-2" / "wiki.test.tokens").read_text(encoding="utf-8").splitlines()
     per_line = [enc.ids for enc in gpt2.tokenizer.encode_batch(lines)]
     for name in ("wiki.train.npz", "wiki.validation.npz", "wiki.test.npz"):
-        np.savez(tmp_path / name, tokens=np.array([i for ids in per_line for i in ids], dtype=np.uint16),
-                 sizes=np.array([len(ids) for ids in per_line]))
-    dm = WikiText2DataModule(str(tmp_path), folder=".", tokenizer="npz", npz_vocab_size=50_257,
-                             cache_dir=str(tmp_path / "cache"))
+        np.savez(
+            tmp_path / name,
+            tokens=np.array([i for ids in per_line for i in ids], dtype=np.uint16),
+            sizes=np.array([len(ids) for ids in per_line]),
+        )
+    dm = WikiText2DataModule(
+        str(tmp_path), folder=".", tokenizer="npz", npz_vocab_size=50_257, cache_dir=str(tmp_path / "cache")
+    )
     dm.prepare_data()
     dm.setup("fit")
     assert dm.vocab_size == 50_257

@@ -79,8 +79,11 @@ def residual_points(net: nn.Module) -> list[tuple[str, nn.Module, str]]:
         return points + [("head", net.head, "output")]
     if _is_lstm_lm(net):
         # the LSTM's layers are one fused module: its hook reads every layer (see _lstm_layers)
-        return [("embedding", net.embedding, "output"), ("lstm", net.lstm, "output"),
-                ("projection", net.projection, "output")]
+        return [
+            ("embedding", net.embedding, "output"),
+            ("lstm", net.lstm, "output"),
+            ("projection", net.projection, "output"),
+        ]
     return []
 
 
@@ -155,8 +158,10 @@ class TrainingDynamics(pl.Callback):
             if getattr(net, "_compiled_call_impl", None) is not None:
                 # torch.compile does not guard on forward hooks: hooks added after the first
                 # compile are silently ignored, so the norms would be missing or stale
-                log.warning("callbacks.dynamics: the net is compiled (model.compile), so residual-stream "
-                            "norms are not recorded; gradient, weight and update norms are.")
+                log.warning(
+                    "callbacks.dynamics: the net is compiled (model.compile), so residual-stream "
+                    "norms are not recorded; gradient, weight and update norms are."
+                )
                 self.residual_norms = False
             else:
                 self._register(net)
@@ -174,11 +179,13 @@ class TrainingDynamics(pl.Callback):
     def _input_hook(self, name: str):
         def hook(module, args):
             self._residual.setdefault(name, []).append(token_norm(args[0]))
+
         return hook
 
     def _output_hook(self, name: str):
         def hook(module, args, output):
             self._residual.setdefault(name, []).append(token_norm(output))
+
         return hook
 
     def _lstm_hook(self, name: str):
@@ -189,6 +196,7 @@ class TrainingDynamics(pl.Callback):
                 layers = _lstm_layers(module, args[0])
             for i, out in enumerate(layers):
                 self._residual.setdefault(f"layer{i}", []).append(token_norm(out))
+
         return hook
 
     def _remove_hooks(self) -> None:
@@ -230,13 +238,16 @@ class TrainingDynamics(pl.Callback):
         deltas = torch._foreach_norm(torch._foreach_sub(after, self._before))
         update_ratio, i, squares = {}, 0, []
         for name, params in self._groups.items():
-            delta = torch.linalg.vector_norm(torch.stack(deltas[i:i + len(params)]).float())
+            delta = torch.linalg.vector_norm(torch.stack(deltas[i : i + len(params)]).float())
             squares.append(delta)
             update_ratio[name] = delta / self._pre["weight_norm"][name]
             i += len(params)
         update_ratio[ALL] = torch.linalg.vector_norm(torch.stack(squares)) / self._pre["weight_norm"][ALL]
-        values = {**self._pre, "update_ratio": update_ratio,
-                  "residual_norm": {k: torch.stack(v).mean() for k, v in self._residual.items()}}
+        values = {
+            **self._pre,
+            "update_ratio": update_ratio,
+            "residual_norm": {k: torch.stack(v).mean() for k, v in self._residual.items()},
+        }
         self._emit(trainer, self._step, values)
         self._disarm()
 

@@ -116,5 +116,5 @@ class EMA(pl.Callback):
         for key, state in checkpoint.get("callbacks", {}).items():
             if key.split("{")[0] == EMA.__qualname__ and state.get("average"):
                 prefix = "module."
-                return {k[len(prefix):]: v for k, v in state["average"].items() if k.startswith(prefix)}
+                return {k[len(prefix) :]: v for k, v in state["average"].items() if k.startswith(prefix)}
         raise KeyError("no EMA average in this checkpoint: train with callbacks.ema.decay=<decay>")

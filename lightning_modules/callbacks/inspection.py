@@ -117,8 +117,9 @@ def overlay_grid(images: torch.Tensor, maps: list[torch.Tensor], scale: int = 4,
         grid = math.isqrt(m.shape[-1])
         m = m.reshape(-1, 1, grid, grid)
         lo, hi = m.amin(dim=(2, 3), keepdim=True), m.amax(dim=(2, 3), keepdim=True)
-        m = torch.nn.functional.interpolate((m - lo) / (hi - lo).clamp_min(1e-12), size=(size, size),
-                                            mode="bilinear", align_corners=False)[:, 0]
+        m = torch.nn.functional.interpolate(
+            (m - lo) / (hi - lo).clamp_min(1e-12), size=(size, size), mode="bilinear", align_corners=False
+        )[:, 0]
         cells.append((1 - alpha) * pictures + alpha * heat_colors(m.clamp(0, 1)))
     return tile_grid(torch.stack(cells, dim=1).flatten(0, 1), len(cells), scale)
 
@@ -192,8 +193,15 @@ def draw_confusion(matrix: torch.Tensor, names: list[str]) -> np.ndarray:
     top = m.max() if m.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if m[i, j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(int(m[i, j])),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if m[i, j] > top / 2 else "black",
+            )
     acc = np.trace(m) / max(m.sum(), 1)
     ax.set_title(f"validation: {int(m.sum())} images, accuracy {acc:.3f}", fontsize=9)
     return render(fig, tight=False)
@@ -257,8 +265,10 @@ def _can_draw() -> bool:
         import matplotlib  # noqa: F401
     except ImportError:
         if not _warned_matplotlib:
-            log.warning("matplotlib is not installed: inspection images are skipped (scalars and metrics.json "
-                        "still written). pip install matplotlib to get them.")
+            log.warning(
+                "matplotlib is not installed: inspection images are skipped (scalars and metrics.json "
+                "still written). pip install matplotlib to get them."
+            )
             _warned_matplotlib = True
         return False
     return True
@@ -332,8 +342,9 @@ class ClassInspection(ValidationEndCallback):
     """Confusion matrix, per-class accuracy and the ``num_misclassified`` most confidently
     misclassified images of the validation set, every ``every_n_epochs`` validation epochs (and the last)."""
 
-    def __init__(self, every_n_epochs: int = 1, num_misclassified: int = 16, class_names: list[str] | None = None
-                 ) -> None:
+    def __init__(
+        self, every_n_epochs: int = 1, num_misclassified: int = 16, class_names: list[str] | None = None
+    ) -> None:
         if every_n_epochs < 1 or num_misclassified < 0:
             raise ValueError("ClassInspection: every_n_epochs must be >= 1 and num_misclassified >= 0")
         self.every_n_epochs, self.num_misclassified = every_n_epochs, num_misclassified
@@ -417,8 +428,11 @@ class ClassInspection(ValidationEndCallback):
             wrong = conf >= 0
             if wrong.any():
                 pictures["confusion/misclassified"] = draw_misclassified(
-                    images[wrong], [names[i] for i in labels[wrong]], [names[i] for i in pred[wrong]],
-                    conf[wrong].tolist())
+                    images[wrong],
+                    [names[i] for i in labels[wrong]],
+                    [names[i] for i in pred[wrong]],
+                    conf[wrong].tolist(),
+                )
         for writer in writers:
             for tag, picture in pictures.items():
                 writer.add_image(tag, picture, step, dataformats="HWC")

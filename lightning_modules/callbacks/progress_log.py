@@ -51,8 +51,12 @@ class ProgressLog(pl.Callback):
         self._fit_start = time.perf_counter()
         self._start_step = trainer.global_step  # a resumed run estimates from its own pace
         if self.enabled:
-            log.info("Training: %d epochs of %s batches (%d optimizer steps in all)", trainer.max_epochs,
-                     trainer.num_training_batches, self._total_steps(trainer))
+            log.info(
+                "Training: %d epochs of %s batches (%d optimizer steps in all)",
+                trainer.max_epochs,
+                trainer.num_training_batches,
+                self._total_steps(trainer),
+            )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
@@ -77,8 +81,14 @@ class ProgressLog(pl.Callback):
         seconds = time.perf_counter() - self._epoch_start
         log.info(
             "epoch %d/%d  batch %d/%s  step %d  train/loss_step %s  %.1f s into the epoch  ETA %s",
-            trainer.current_epoch + 1, trainer.max_epochs, batch_idx + 1, trainer.num_training_batches,
-            trainer.global_step, _number(loss) if loss is not None else "?", seconds, self._eta(trainer),
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            batch_idx + 1,
+            trainer.num_training_batches,
+            trainer.global_step,
+            _number(loss) if loss is not None else "?",
+            seconds,
+            self._eta(trainer),
         )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -87,10 +97,19 @@ class ProgressLog(pl.Callback):
             self._epoch_line(trainer)
 
     def _epoch_line(self, trainer) -> None:
-        metrics = {k: v for k, v in trainer.callback_metrics.items()
-                   if k.startswith(("train/", "val/")) and not k.endswith("_step")}
+        metrics = {
+            k: v
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("train/", "val/")) and not k.endswith("_step")
+        }
         text = "  ".join(f"{k} {_number(v)}" for k, v in sorted(metrics.items()))
-        log.info("epoch %d/%d done  step %d  %s  %.1f s  elapsed %s  ETA %s",
-                 trainer.current_epoch + 1, trainer.max_epochs, trainer.global_step, text,
-                 time.perf_counter() - self._epoch_start, _duration(time.perf_counter() - self._fit_start),
-                 self._eta(trainer))
+        log.info(
+            "epoch %d/%d done  step %d  %s  %.1f s  elapsed %s  ETA %s",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            trainer.global_step,
+            text,
+            time.perf_counter() - self._epoch_start,
+            _duration(time.perf_counter() - self._fit_start),
+            self._eta(trainer),
+        )

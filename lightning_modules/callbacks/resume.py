@@ -32,9 +32,7 @@ class ResumeState(pl.Callback):
         processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if 0 < processed < trainer.num_training_batches:  # mid-epoch
             for name, metric in _train_metrics(pl_module):
-                state["train_metrics"][name] = {
-                    k: _clone(getattr(metric, k)) for k in metric._defaults
-                }
+                state["train_metrics"][name] = {k: _clone(getattr(metric, k)) for k in metric._defaults}
         checkpoint[self.KEY] = state
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:

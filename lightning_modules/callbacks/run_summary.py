@@ -102,9 +102,7 @@ class RunSummary(pl.Callback):
         # resumed runs re-enter an epoch: keep one row per epoch
         self.history[:] = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
         self.summary["epochs"] = trainer.current_epoch + 1
-        self.summary["final"] = {
-            k: v for k, v in row.items() if k.split("/")[0] in ("train", "val")
-        }
+        self.summary["final"] = {k: v for k, v in row.items() if k.split("/")[0] in ("train", "val")}
         self.summary["train_seconds"] = row.get("time/train_s", 0.0)
         self.summary["peak_memory_mb"] = row.get("memory/peak_gpu_mb")
         self.summary["peak_rss_mb"] = row.get("memory/peak_rss_mb")

@@ -18,8 +18,15 @@ log = logging.getLogger(__name__)
 
 
 class TextSamples(ValidationEndCallback):
-    def __init__(self, prompts: list[str] | None = None, every_n_epochs: int = 1, max_tokens: int = 30,
-                 temperature: float = 0.8, top_k: int | None = 40, seed: int = 0) -> None:
+    def __init__(
+        self,
+        prompts: list[str] | None = None,
+        every_n_epochs: int = 1,
+        max_tokens: int = 30,
+        temperature: float = 0.8,
+        top_k: int | None = 40,
+        seed: int = 0,
+    ) -> None:
         if every_n_epochs < 1:
             raise ValueError("TextSamples: every_n_epochs must be >= 1")
         self.prompts = list(prompts or ["The history of"])

@@ -32,13 +32,9 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         if embed_dim % num_heads != 0:
-            raise ValueError(
-                f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}"
-            )
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
-            )
+            raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_size = embed_dim // num_heads
@@ -64,9 +60,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = (self.split_heads(t) for t in self.qkv(x).chunk(3, dim=-1))
         weights = None
         if self.implementation == "sdpa" and not return_weights:
-            out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0
-            )
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         else:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)
             weights = scores.softmax(dim=-1)

@@ -36,8 +36,7 @@ def load_embeddings(path: str | Path) -> torch.Tensor:
         matrix = np.asarray(npz["tokens"], dtype=np.float32)
     if matrix.ndim != 2:
         raise ValueError(
-            f"model.embeddings_path={str(path)!r}: 'tokens' has shape {matrix.shape}, expected "
-            "(vocab, embedding_size)."
+            f"model.embeddings_path={str(path)!r}: 'tokens' has shape {matrix.shape}, expected (vocab, embedding_size)."
         )
     return torch.from_numpy(matrix)
 

@@ -118,9 +118,7 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         if image_size % patch_size != 0:
-            raise ValueError(
-                f"image_size={image_size} must be divisible by patch_size={patch_size}"
-            )
+            raise ValueError(f"image_size={image_size} must be divisible by patch_size={patch_size}")
         self.patch_size = patch_size
         num_patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Linear(in_channels * patch_size**2, embed_dim)
@@ -130,10 +128,7 @@ class VisionTransformer(nn.Module):
         # stochastic depth grows linearly with depth: 0 for the first block, drop_path for the last
         rates = [drop_path * i / max(num_layers - 1, 1) for i in range(num_layers)]
         self.blocks = nn.Sequential(
-            *(
-                Block(embed_dim, hidden_dim, num_heads, dropout, norm, attention, attn_dropout, rate)
-                for rate in rates
-            )
+            *(Block(embed_dim, hidden_dim, num_heads, dropout, norm, attention, attn_dropout, rate) for rate in rates)
         )
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_classes))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
