@@ -313,6 +313,7 @@ HPARAM_COLUMNS = {
 HPARAM_GROUPS = ("task", "experiment", "study_config", "model", "optimizer", "scheduler", "data", "trainer")
 # settings that do not change what is learnt (where files go, how fast data loads, how often to log)
 NOT_HPARAMS = (
+    "embeddings_path",
     "_target_",
     "data_dir",
     "cache_dir",

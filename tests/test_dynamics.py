@@ -361,7 +361,7 @@ def test_train_py_writes_dynamics_and_the_report_draws_them(tmp_path, data_dir):
     assert list(tb["step"]) == [0, 2, 4]
     assert tb["value"].to_numpy() == pytest.approx(jsonl["value"].to_numpy(), rel=1e-6)
 
-    report = write_report(tmp_path, tmp_path / "report")
+    report = write_report(tmp_path / "debug", tmp_path / "report")  # debug presets write below <log_dir>/debug
     assert (tmp_path / "report" / "dynamics_grad_norm_by_layer.png") in report.files
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "## Training dynamics" in readme and "post-norm (table2/7, n=1)" in readme

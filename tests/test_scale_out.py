@@ -66,13 +66,9 @@ def test_ddp_on_two_processes_logs_once_and_matches_a_single_process_evaluation(
 
     # independent single-process evaluation of the final weights on the same 64 validation images
     from datamodules.cifar10 import CIFAR10DataModule
-    from lightning_modules.nets.vit import VisionTransformer
+    from lightning_modules.vit_classifier import ViTClassifier
 
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    net_kwargs = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in ("compile", "_instantiator")}
-    net = VisionTransformer(**net_kwargs)
-    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-    net.eval()
+    net = ViTClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").net.eval()
     dm = CIFAR10DataModule(data_dir=str(data_dir), val_size=64, seed=42, num_workers=0)
     dm.setup("fit")
     images = torch.stack([dm.data_val[i][0] for i in range(len(dm.data_val))])
