@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 import lmvit.resolvers  # noqa: F401  (registers the ${lmvit.*} resolvers of conf/hydra)
 from lightning_modules.callbacks import RunSummary
+from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
 from lmvit.cli import ErrorPolicy, allow_null_groups
 from lmvit.config import print_config, reference_config, run_hparams, validate
 from lmvit.distributed import check_ddp_launch
@@ -39,7 +40,9 @@ def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> 
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [summary]
+    callbacks = skip_inherited_batch_hooks(
+        [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [summary]
+    )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]  # ~logger: none
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     check_ddp_launch(trainer)

@@ -64,6 +64,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
+
 CLOCK = time.perf_counter  # --clock process: time.process_time (this process's CPU time, all threads)
 
 
@@ -276,7 +278,7 @@ class Bench:
         if side == "ours":
             named = {name: instantiate(c) for name, c in cfg.callbacks.items() if c is not None}
             self.timers = {name: HookTimer(named[name], args.device) for name in args.time_callback if name in named}
-            callbacks = [interleave] + list(named.values())
+            callbacks = [interleave] + skip_inherited_batch_hooks(named.values())  # as train.py
             loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
             trainer = instantiate(
                 cfg.trainer,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
 from lightning_modules.callbacks.optimizer_mode import OptimizerModes
 from lightning_modules.optim import build_optimizer
 
@@ -159,7 +160,7 @@ class StudyModule(pl.LightningModule):
         # once per Trainer (test after fit would otherwise replace it, with a message)
         if any(isinstance(c, OptimizerModes) for c in self.trainer.callbacks):
             return []
-        return [OptimizerModes()]
+        return skip_inherited_batch_hooks([OptimizerModes()])
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:

@@ -320,3 +320,45 @@ def test_bf16_autocast_loss_close_to_fp32(images):
 def test_compile_rejects_unknown_backend():
     with pytest.raises(ValueError, match="model.compile='nope' is not a torch.compile backend"):
         ViTClassifier(optimizer=None, compile="nope", **TINY)
+
+
+def test_inherited_batch_hooks_are_skipped_and_implemented_ones_kept():
+    """Lightning calls every per-batch hook of every callback each step (a profiler context each);
+    train.py sets the inherited no-op ones to None, which Lightning skips."""
+    from lightning_modules.callbacks.hooks import BATCH_HOOKS, skip_inherited_batch_hooks
+
+    calls = collections.Counter()
+
+    class Counting(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            calls["end"] += 1
+
+    counting, checkpoint = skip_inherited_batch_hooks([Counting(), pl.callbacks.ModelCheckpoint(save_top_k=0)])
+    assert callable(counting.on_train_batch_end) and counting.on_train_batch_start is None
+    assert all(getattr(counting, name) is None for name in BATCH_HOOKS if name != "on_train_batch_end")
+    assert callable(checkpoint.on_train_batch_end) and checkpoint.on_before_backward is None  # its own: kept
+    assert pl.Callback.on_train_batch_start is not None and callable(Counting().on_train_batch_start)  # class untouched
+
+    net = torch.nn.Linear(4, 2)
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = pl.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[counting],
+    )
+    trainer.fit(Tiny(), train_dataloaders=torch.utils.data.DataLoader(torch.randn(12, 4), batch_size=4))
+    assert calls["end"] == 3  # the implemented hook still runs every step

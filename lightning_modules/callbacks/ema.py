@@ -49,6 +49,8 @@ class EMA(pl.Callback):
         if decay is not None and not 0.0 < decay < 1.0:
             raise ValueError(f"callbacks.ema.decay={decay}: must be null (off) or a number in (0, 1)")
         self.decay = decay
+        if decay is None:  # off: no per-batch hooks at all (Lightning skips a None hook)
+            self.on_train_batch_end = self.on_validation_batch_end = None
         self.average: AveragedModel | None = None
         self._pending: dict[str, Any] | None = None  # a checkpoint's state loaded before fit starts
         self._updated_at = -1

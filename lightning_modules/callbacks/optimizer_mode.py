@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
-from lightning_modules.optim import eval_mode, set_mode
+from lightning_modules.optim import eval_mode, has_modes, set_mode
 
 
 class OptimizerModes(pl.Callback):
@@ -39,6 +39,10 @@ class OptimizerModes(pl.Callback):
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if getattr(trainer.save_checkpoint, "_lmvit_eval_mode", False):
             del trainer.save_checkpoint  # the Trainer's own method again
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not any(has_modes(opt) for opt in trainer.optimizers):  # AdamW, SGD, ...: nothing to switch,
+            self.on_train_batch_start = None  # so no per-step hook (Lightning skips a None hook)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         set_mode(trainer.optimizers, train=True)  # a flag check when already in train mode

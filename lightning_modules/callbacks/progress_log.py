@@ -46,6 +46,8 @@ class ProgressLog(pl.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         tty = sys.stdout.isatty()
         self.enabled = trainer.is_global_zero and (self.when == "always" or (self.when == "auto" and not tty))
+        if not self.enabled or not self.every:  # no step lines: no per-step hook (Lightning skips None)
+            self.on_train_batch_end = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
