@@ -37,6 +37,10 @@ class Summary:
     def sem(self) -> float:
         return self.std / math.sqrt(self.n) if self.n >= 2 else math.nan
 
+    def fields(self) -> dict[str, float]:
+        """``{"mean", "std", "n", "ci95 low", "ci95 high"}``: the columns of a report row."""
+        return {"mean": self.mean, "std": self.std, "n": self.n, "ci95 low": self.ci_low, "ci95 high": self.ci_high}
+
 
 def summarize(values: Iterable[float], level: float = LEVEL) -> Summary:
     """Mean, sample std and the Student-t ``level`` interval of the mean; NaN values are dropped."""

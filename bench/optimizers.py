@@ -33,19 +33,10 @@ from hydra.utils import instantiate
 from lightning_modules.nets.vit import VisionTransformer
 from lightning_modules.optim import build_optimizer, has_modes
 
-OPTIMIZERS = [
-    "adamw",
-    "adam",
-    "sgd",
-    "momentum",
-    "radam",
-    "nadam",
-    "adafactor",
-    "muon",
-    "lion",
-    "schedulefree_adamw",
-    "soap",
-]
+# every conf/optimizer/*.yaml, AdamW (the baseline) first
+OPTIMIZERS = ["adamw"] + sorted(
+    p.stem for p in (common.ROOT / "conf" / "optimizer").glob("*.yaml") if p.stem != "adamw"
+)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -92,6 +92,14 @@ def hparams_view(logdir: Path):
     return experiment, groups
 
 
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    """A CPU Trainer for in-process tests: no logger, checkpointing, progress bar, summary or sanity
+    check unless ``kwargs`` ask for them."""
+    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    return pl.Trainer(**{**options, **kwargs})
+
+
 class KillAtStep(pl.Callback):
     """SIGKILLs its own process after training step ``step`` (before that step's checkpoint:
     Lightning runs checkpoint callbacks last), like a node dying mid-epoch."""

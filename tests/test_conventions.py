@@ -8,7 +8,6 @@ import csv
 from functools import partial
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
@@ -17,7 +16,7 @@ from lightning_modules.language_model import LanguageModel
 from lightning_modules.tensorboard import TensorBoardLogger
 from lightning_modules.vit_classifier import ViTClassifier
 from lmvit.config import run_hparams
-from tests.helpers import assert_close_rel, find_runs, hparams_view, load_metrics, run_train
+from tests.helpers import assert_close_rel, find_runs, hparams_view, load_metrics, quiet_trainer, run_train
 
 TINY_VIT = [
     "model.embed_dim=32",
@@ -39,15 +38,7 @@ TINY_LSTM = [
 
 # -- checkpoints load the usual way --------------------------------------------------------------
 def _fit_and_save(model, datamodule, path):
-    trainer = pl.Trainer(
-        max_steps=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1)
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(path)
 

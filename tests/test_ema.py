@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.callbacks.ema import EMA
 from lightning_modules.vit_classifier import ViTClassifier
-from tests.helpers import assert_close_rel
+from tests.helpers import assert_close_rel, quiet_trainer
 
 TINY = dict(embed_dim=16, hidden_dim=16, num_heads=2, num_layers=1)
 
@@ -27,16 +27,7 @@ def _module(seed=0):
 
 
 def _trainer(callbacks, **kwargs):
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return pl.Trainer(callbacks=callbacks, **{**options, **kwargs})
+    return quiet_trainer(callbacks=callbacks, **kwargs)
 
 
 class Recorder(pl.Callback):
