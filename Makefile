@@ -62,6 +62,7 @@ SHARED ?= ../shared
 gpu-prep:
 	mkdir -p .gpu .whl
 	install -m 0644 $(SHARED)/data/cifar10-jpeg.tar.gz $(SHARED)/tools/cifar10_jpeg_to_batches.py .gpu/
+	rm -rf .gpu/wikitext-2 .gpu/gpt2-tokenizer && cp -r $(SHARED)/data/wikitext-2 $(SHARED)/data/gpt2-tokenizer .gpu/
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .whl hydra-core==1.3.2 omegaconf==2.3.0 hydra-joblib-launcher==1.2.0 joblib==1.4.2

@@ -2,17 +2,21 @@
 # GPU check: one prepared script, under 10 minutes on one GPU including its setup. It installs
 # nothing from the network: hydra-core/omegaconf/antlr4/hydra-joblib-launcher/joblib come from
 # wheels in .whl/ (only where the machine's python lacks them), CIFAR-10 is rebuilt from the JPEG
-# archive. Then, most important first (a step is skipped when the time budget runs short):
-#   (a) Table 2 side by side: its 7 configurations (10 epochs each) at once on the one GPU with
-#       hydra/launcher=joblib n_jobs=7, fast settings (model.attention=sdpa trainer.precision=bf16-mixed
-#       data.device_augment=true, divergence check every 50 steps): wall time vs the 60 s target
-#   (b) the Trainer/plain ratio of the 2-layer ViT, and our per-step overhead vs bare Lightning (--tiny)
-#   (c) Table 2 one job at a time (wall time, or the jobs done within its limit)
-#   (d) config 2 alone for 3 epochs: uncompiled, model.compile=true, + model.compile_mode=reduce-overhead
-#   (e) the study's plain settings (explicit attention, fp32, per-image augmentation in workers)
+# archive, WikiText-2 and the GPT-2 files come from .gpu/. Then, most important first (a step is
+# skipped when the time budget runs short):
+#   (a) Table 2 x seeds 1, 2, 3 at full scale (10 epochs, 45k images), side by side on the one GPU
+#       (hydra/launcher=joblib), fast settings (model.attention=sdpa trainer.precision=bf16-mixed
+#       data.device_augment=true, divergence check every 50 steps): the study's table with seeds
+#   (b) Table 1 x seeds 1, 2, 3 on the offline split (data=wikitext2_offline), 10 epochs, side by side
+#   (c) the study's plain settings (config 2: explicit attention, fp32, per-image augmentation in
+#       loader workers) alone on the GPU: its train time beside the study's 392.75 s
+#   (d) the Trainer/plain ratio of the 2-layer ViT, and our per-step overhead vs bare Lightning (--tiny)
+#   (e) config 2 alone for 3 epochs: uncompiled, model.compile=true, + model.compile_mode=reduce-overhead
 #   and the other paired benchmarks of bench/ (start-up included). Results: $OUT/summary.md (epoch
 #   times beside the study's 392.75 s, 61.73 %, 1294 MB; table wall times), $OUT/results.jsonl,
-#   one log per step.
+#   $OUT/runs.tar.gz (every run directory without checkpoints or event files: metrics.json,
+#   config.yaml, dynamics.jsonl, train.log; what `python -m analysis` reads) and $OUT/logs.tar.gz
+#   (one log per step).
 #
 # Prepare once where the network is (copies the archive + tool into .gpu/, wheels into .whl/):
 #   make gpu-prep
@@ -28,9 +32,10 @@ SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
 WORK=${GPU_CHECK_DIR:-${TMPDIR:-/tmp}/lmvit-gpu-check}
 OUT=${OUT:-$WORK/out}
+STEPLOGS=$WORK/steplogs   # one log per step, packed into $OUT/logs.tar.gz (few files come back)
 SCALE=$([ "$SMOKE" = 1 ] && echo 6 || echo 1)   # a loaded CPU is far slower: longer limits
 BUDGET=${BUDGET_S:-$((570 * SCALE))}    # stop starting new steps after this many seconds
-mkdir -p "$WORK" "$OUT"
+mkdir -p "$WORK" "$OUT" "$STEPLOGS"
 SUMMARY=$OUT/summary.md
 RESULTS=$OUT/results.jsonl
 : >"$SUMMARY"
@@ -72,7 +77,12 @@ if [ ! -f "$DATA_DIR/cifar-10-batches-py/test_batch" ]; then
   say "rebuilding CIFAR-10 from $ARCHIVE"
   "$PY" "$TOOL" "$ARCHIVE" "$DATA_DIR" || { say "rebuilding CIFAR-10 failed"; exit 2; }
 fi
-say "data ready in $DATA_DIR"
+for d in wikitext-2 gpt2-tokenizer; do   # Table 1's text and the GPT-2 files (small)
+  for src in "$ROOT/.gpu/$d" "$ROOT/../shared/data/$d"; do
+    [ ! -d "$DATA_DIR/$d" ] && [ -d "$src" ] && cp -r "$src" "$DATA_DIR/$d"
+  done
+done
+say "data ready in $DATA_DIR: $(ls "$DATA_DIR" | tr '\n' ' ')"
 
 # -- 3. training runs ----------------------------------------------------------------------------
 # In order of what matters most (each step is skipped when too little of the budget is left):
@@ -89,7 +99,9 @@ if [ "$SMOKE" = 1 ]; then
   COMPILE=(model.compile=aot_eager)   # inductor needs minutes of C++ builds on a CPU
   CUDAGRAPHS=()                       # reduce-overhead is a CUDA mode
   TABLE=(experiment=table2_1_adam,table2_6_adamw_6l)   # 2 of the 7, to check the steps
-  JOBS=2
+  TABLE1=(experiment=table1_1_adam,table1_6_adamw_4l)
+  SEEDS=seed=1,2
+  JOBS=2 JOBS1=2
   BENCH=(--repeats 1 --warmup 0)
 else
   EPOCHS=10 SHORT=3   # the study's 10 epochs; compile runs: 3 (the first one compiles)
@@ -97,7 +109,9 @@ else
   COMPILE=(model.compile=true)
   CUDAGRAPHS=(model.compile=true model.compile_mode=reduce-overhead)
   TABLE=('experiment=glob(table2_*)')
-  JOBS=7
+  TABLE1=('experiment=glob(table1_*)')
+  SEEDS=seed=1,2,3
+  JOBS=11 JOBS1=9   # 21 and 18 jobs; each job drives the GPU from one of the 16 cores
   BENCH=()
 fi
 STUDY=(model=vit optimizer=adamw model.num_layers=2 model.norm=pre test=false callbacks.progress_bar=null)
@@ -105,6 +119,9 @@ STUDY=(model=vit optimizer=adamw model.num_layers=2 model.norm=pre test=false ca
 FAST=(model.attention=sdpa trainer.precision=bf16-mixed data.device_augment=true
       callbacks.finite_loss.check_every_n_steps=50)
 TABLE_ARGS=(test=false callbacks.progress_bar=null "${FAST[@]}" "${LIMITS[@]}" trainer.max_epochs=$EPOCHS)
+# the LSTM: fp32 (as the study) and the lean divergence check; no augmentation, its tokens in memory (no loader workers)
+TABLE1_ARGS=(test=false callbacks.progress_bar=null trainer.precision=32-true data=wikitext2_offline
+             data.num_workers=0 callbacks.finite_loss.check_every_n_steps=50 "${LIMITS[@]}" trainer.max_epochs=$EPOCHS)
 RUNS=()
 train() {  # name, seconds it may take, epochs, overrides...
   local name=$1 limit=$(($2 * SCALE)) epochs=$3; shift 3
@@ -113,7 +130,7 @@ train() {  # name, seconds it may take, epochs, overrides...
   say "train $name: $*"
   local t0=$SECONDS
   timeout "$limit" "$PY" train.py "${STUDY[@]}" "${LIMITS[@]}" trainer.max_epochs="$epochs" "$@" \
-    hydra.run.dir="$WORK/logs/$name" >"$OUT/$name.log" 2>&1
+    hydra.run.dir="$WORK/logs/$name" >"$STEPLOGS/$name.log" 2>&1
   say "train $name exited $? after $((SECONDS - t0)) s wall"
   RUNS+=("$name=$WORK/logs/$name")
 }
@@ -121,10 +138,12 @@ table() {  # name, seconds it may take, extra multirun arguments...
   local name=$1 limit=$(($2 * SCALE)); shift 2
   if [ "$(left)" -lt 40 ]; then say "skipped $name: too little time left"; return; fi
   [ "$limit" -gt "$(left)" ] && limit=$(left)
-  say "table $name: ${TABLE[*]} $*"
+  local sel=("${TABLE[@]}") args=("${TABLE_ARGS[@]}")
+  [ -n "${TABLE_SEL:-}" ] && sel=("${!TABLE_SEL}") && args=("${!TABLE_ARGS_SEL}")
+  say "table $name: ${sel[*]} $*"
   local t0=$SECONDS
-  timeout "$limit" "$PY" train.py -m "${TABLE[@]}" "${TABLE_ARGS[@]}" "$@" \
-    hydra.sweep.dir="$WORK/logs/$name" >"$OUT/$name.log" 2>&1
+  timeout "$limit" "$PY" train.py -m "${sel[@]}" "${args[@]}" "$@" \
+    hydra.sweep.dir="$WORK/logs/$name" >"$STEPLOGS/$name.log" 2>&1
   local rc=$? wall=$((SECONDS - t0))
   local done_jobs
   done_jobs=$(grep -l '"status": "completed"' "$WORK"/logs/"$name"/*/metrics.json 2>/dev/null | wc -l)
@@ -140,20 +159,29 @@ bench() {  # seconds, script, args...
   if [ "$(left)" -lt 20 ]; then say "skipped $1: too little time left"; return; fi
   [ "$limit" -gt "$(left)" ] && limit=$(left)
   say "bench $*"
-  timeout "$limit" "$PY" "$@" "${BENCH[@]}" --out "$RESULTS" >>"$OUT/bench.log" 2>&1
+  timeout "$limit" "$PY" "$@" "${BENCH[@]}" --out "$RESULTS" >>"$STEPLOGS/bench.log" 2>&1
   say "bench $1 exited $?"
 }
 DEV=$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)
 S() { if [ "$SMOKE" = 1 ]; then echo "$1"; else echo "$2"; fi; }  # smoke value | GPU value
 
-table table2_side_by_side 180 hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS
-bench 45 bench/trainer_overhead.py --device "$DEV" --repeats "$(S 1 30)" --warmup "$(S 0 5)"
+pack() {  # the run directories (no checkpoints, no event files) and the step logs, into $OUT
+  tar czf "$OUT/runs.tar.gz" -C "$WORK/logs" --exclude='*.ckpt' --exclude='tensorboard' \
+    --exclude='events.out.tfevents.*' . 2>/dev/null
+  tar czf "$OUT/logs.tar.gz" -C "$STEPLOGS" . 2>/dev/null
+}
+table table2_seeds 330 "$SEEDS" hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS
+pack
+TABLE_SEL='TABLE1[@]' TABLE_ARGS_SEL='TABLE1_ARGS[@]' table table1_seeds 120 "$SEEDS" \
+  hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS1
+pack
+train plain 150 "$EPOCHS"
+pack
 bench 45 bench/trainer_overhead.py --device "$DEV" --tiny --rounds "$(S 2 4)" --repeats "$(S 2 50)" --warmup "$(S 1 10)"
-table table2_one_at_a_time 120   # cut at its limit: the summary says how many of the 7 were done
+bench 45 bench/trainer_overhead.py --device "$DEV" --repeats "$(S 1 30)" --warmup "$(S 0 5)"
 train fast 45 "$SHORT" "${FAST[@]}"   # the uncompiled reference for the two below, alone on the GPU
 train compile 80 "$SHORT" "${FAST[@]}" "${COMPILE[@]}"
 [ ${#CUDAGRAPHS[@]} -gt 0 ] && train cudagraphs 80 "$SHORT" "${FAST[@]}" "${CUDAGRAPHS[@]}"
-train plain 150 "$EPOCHS"
 "$PY" bench/gpu_summary.py "${RUNS[@]}" --out "$RESULTS" | tee -a "$SUMMARY"
 
 # -- 4. the other paired benchmarks on this device --------------------------------------------------
@@ -169,7 +197,7 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if r["bench"] == "gpu_check_table":
-        target = " (target: all of Table 2 in < 60 s)" if r["name"] == "table2_side_by_side" else ""
+        target = ""
         print(f"{r['name']}: {r['completed']} jobs completed in {r['wall_s']} s wall{target}")
     elif "overhead_vs_floor" in r:
         print(f"{r['bench']}: ours {r['overhead_ms_per_step']} ms/step over a plain loop, bare Lightning "
@@ -182,4 +210,5 @@ for line in open(sys.argv[1]):
         for k, v in r["configs"].items():
             print(f"memory config {k}: GPU {v['peak_gpu_mb']} MB (study {v['study_gpu_mb']}), RSS {v['peak_rss_mb']} MB")
 EOF
+pack
 say "done in $((SECONDS - START)) s; results in $OUT"
