@@ -256,16 +256,20 @@ def _check_optimizer_package(cfg: DictConfig) -> None:
 
 
 @rank_zero_only
-def print_config(cfg: DictConfig, save_to: Path | None = None) -> None:
-    """Print the resolved config as a tree (one branch per group) and save it as YAML."""
-    tree = rich.tree.Tree("config", style="bold")
-    for key, value in cfg.items():
-        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
-        tree.add(str(key), style="bold").add(rich.syntax.Syntax(text.rstrip(), "yaml"))
-    rich.print(tree)
+def print_config(cfg: DictConfig, save_to: Path | None = None, tree: bool = False) -> None:
+    """Save the resolved config as YAML and say where in one line (``tree=True``: print it as a tree,
+    one branch per group; ``python train.py <overrides> --cfg job --resolve`` prints it without
+    running)."""
+    if tree:
+        view = rich.tree.Tree("config", style="bold")
+        for key, value in cfg.items():
+            text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+            view.add(str(key), style="bold").add(rich.syntax.Syntax(text.rstrip(), "yaml"))
+        rich.print(view)
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
         save_to.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        print(f"Config: {save_to} (without running: python train.py <overrides> --cfg job --resolve)")
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from pytorch_lightning.callbacks import RichProgressBar
@@ -17,6 +18,11 @@ class ProgressBar(RichProgressBar):
     def __init__(self, refresh_rate: int = 10, **kwargs) -> None:
         super().__init__(refresh_rate=refresh_rate, **kwargs)
         self._next_metrics_update = 0.0
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not sys.stdout.isatty():  # redirected (> run.log, SLURM): ProgressLog writes the progress
+            self.disable()  # instead of the bar's last frame dumped into the file
+        super().setup(trainer, pl_module, stage)
 
     def _update_metrics(self, trainer, pl_module) -> None:
         self._next_metrics_update = time.monotonic() + 1.0 / max(1, self.refresh_rate)
