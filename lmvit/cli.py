@@ -102,6 +102,11 @@ def discard_refused_run(output_dir: Path, started: float) -> bool:
     if any(f.is_file() and (f.suffix == ".ckpt" or f.stat().st_mtime < started - 1) for f in files):
         return False
     shutil.rmtree(folder, ignore_errors=True)
+    for parent in list(folder.parents)[:2]:  # <task>/runs/ (or <run>/resumes/) left empty by it
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (other runs): kept
+            break
     return True
 
 
