@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 train: install
 	mkdir -p $(DATA_DIR)
 	@echo "make train: the study's ViT for trainer.max_epochs epochs (10 unless ARGS say otherwise: over an hour on a CPU)."
-	@echo "  train.py says below how many epochs, and after its first 20 steps how long they take on this machine."
+	@echo "  train.py says below how many epochs, and after its first steps how long they take on this machine."
 	@echo "  A first result in about a minute: $(PY) train.py debug=fast"
 	$(PY) train.py $(ARGS)
 

@@ -31,8 +31,8 @@ TINY = {
         "data.seq_len=32",
     ],
 }
-# the 2-epoch run of a few batches of docs/troubleshooting.md, with an estimate after 2 of its 6 steps
-SHORT = ["debug=fast", "callbacks.progress_log.estimate_after_steps=2"]
+# two epochs of a few batches, with the time estimate 2 steps past the warm-up (at step 7 of 16)
+SHORT = ["debug=fast", "trainer.limit_train_batches=8", "callbacks.progress_log.estimate_after_steps=2"]
 
 
 def _files(folder: Path) -> list[Path]:
@@ -188,11 +188,12 @@ def test_a_short_run_prints_progress_the_run_and_results_only(trained):
         assert noise not in out
     run = trained["runs"]["vit"]
     assert f"Run directory: {run}" in out and f"Config: {run / 'config.yaml'}" in out
+    assert "Training: 2 epochs of 8 batches (16 optimizer steps in all); how long" in out
     assert "epoch 2/2 done" in out and "test/acc" in out
     assert len(out.splitlines()) < 60  # 217 lines before (docs/troubleshooting.md)
-    # the estimate after 2 of the 6 steps: the seconds a step times the 4 steps left
-    (m,) = re.findall(r"2 epochs \(6 steps\), about (\d+) s at the current speed \((\d+\.\d+) s a step\)", out)
-    assert int(m[0]) == pytest.approx(4 * float(m[1]), abs=0.5 + 4 * 0.005)
+    # the estimate at step WARMUP_STEPS + 2 = 7: the seconds a step times the 9 steps left
+    (m,) = re.findall(r"2 epochs \(16 steps\), about (\d+) s at the current speed \((\d+\.\d+) s a step\)", out)
+    assert int(m[0]) == pytest.approx(9 * float(m[1]), abs=0.5 + 9 * 0.005)
 
 
 @pytest.mark.slow

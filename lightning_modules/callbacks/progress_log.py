@@ -3,8 +3,9 @@ SLURM, nohup): one line every ``every_n_steps`` training steps and one per epoch
 ``train.log``: epoch, step, the train/val metrics, seconds, and an estimate of the time left.
 
 With or without a terminal, a run says when it starts how many epochs and steps it will train, and
-after its first ``estimate_after_steps`` steps how long they all take at that speed (with the quick
-version, ``python train.py debug=fast``, when that is more than a few minutes)."""
+after ``estimate_after_steps`` steps (past the first ``WARMUP_STEPS``) how long they all take at
+that speed (with the quick version, ``python train.py debug=fast``, when that is more than a few
+minutes)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def _spoken(seconds: float) -> str:
 
 QUICK_VERSION = "python train.py debug=fast"  # conf/debug/fast.yaml: a few batches of everything
 QUICK_HINT_AFTER = 300.0  # seconds: a run longer than this names the quick version
+WARMUP_STEPS = 5  # the first steps (loader workers starting, first allocations) are left out of the estimate
 
 
 def _number(value: Any) -> str:
@@ -50,7 +52,7 @@ class ProgressLog(pl.Callback):
     or ``never``. ``every_n_steps``: a line every N training steps (0: epoch lines only); reading the
     loss for it is the only device sync it adds, once every N steps."""
 
-    def __init__(self, every_n_steps: int = 100, when: str = "auto", estimate_after_steps: int = 20) -> None:
+    def __init__(self, every_n_steps: int = 100, when: str = "auto", estimate_after_steps: int = 50) -> None:
         if when not in ("auto", "always", "never"):
             raise ValueError(f"callbacks.progress_log.when={when!r}: must be auto, always or never")
         self.every = max(0, int(every_n_steps))
@@ -59,6 +61,7 @@ class ProgressLog(pl.Callback):
         self.enabled = False
         self.estimated = True  # until a fit starts on rank zero
         self._fit_start = self._epoch_start = 0.0
+        self._estimate_from = (0, 0.0)
         self._start_step = 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -72,7 +75,8 @@ class ProgressLog(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
         self._start_step = trainer.global_step  # a resumed run estimates from its own pace
-        if self._total_steps(trainer) - self._start_step <= self.estimate_after:  # over before the estimate
+        self._estimate_from = (self._start_step + WARMUP_STEPS, 0.0)  # (step, time) the estimate counts from
+        if self._total_steps(trainer) - self._start_step <= WARMUP_STEPS + self.estimate_after:  # over before
             self.estimated = True
         if self.enabled or not self.estimated:
             log.info(
@@ -80,7 +84,9 @@ class ProgressLog(pl.Callback):
                 trainer.max_epochs,
                 trainer.num_training_batches,
                 self._total_steps(trainer),
-                "" if self.estimated else f"; how long that takes here follows after {self.estimate_after} steps",
+                ""
+                if self.estimated
+                else f"; how long that takes here follows after {WARMUP_STEPS + self.estimate_after} steps",
             )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -104,11 +110,12 @@ class ProgressLog(pl.Callback):
         self.estimated = True
         if not (self.enabled and self.every):
             self.on_train_batch_end = None  # nothing more to do per step
-        done = trainer.global_step - self._start_step
+        step, since = self._estimate_from
+        done = trainer.global_step - step
         total, left = self._total_steps(trainer), self._total_steps(trainer) - trainer.global_step
         if done <= 0 or total <= 0:
             return
-        per_step = (time.perf_counter() - self._fit_start) / done
+        per_step = (time.perf_counter() - since) / done
         seconds = per_step * left
         more = "" if seconds < QUICK_HINT_AFTER else f"; a first result in about a minute: {QUICK_VERSION}"
         log.info(
@@ -122,8 +129,11 @@ class ProgressLog(pl.Callback):
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.estimated and trainer.global_step - self._start_step >= self.estimate_after:
-            self._estimate(trainer)
+        if not self.estimated:
+            if trainer.global_step == self._estimate_from[0]:
+                self._estimate_from = (trainer.global_step, time.perf_counter())
+            elif trainer.global_step - self._estimate_from[0] >= self.estimate_after:
+                self._estimate(trainer)
         if not self.enabled or not self.every or trainer.global_step % self.every:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
