@@ -18,6 +18,9 @@ install: $(VENV)/.installed
 ## make train [ARGS="optimizer=sgd model.num_layers=4"]: train the default ViT (or with overrides)
 train: install
 	mkdir -p $(DATA_DIR)
+	@echo "make train: the study's ViT for trainer.max_epochs epochs (10 unless ARGS say otherwise: over an hour on a CPU)."
+	@echo "  train.py says below how many epochs, and after its first steps how long they take on this machine."
+	@echo "  A first result in about a minute: $(PY) train.py debug=fast"
 	$(PY) train.py $(ARGS)
 
 ## make test [ARGS="-k attention"]: run the test suite on the real data in $(DATA_DIR)

@@ -8,7 +8,9 @@
 The run's saved ``config.yaml`` gives the model and the data (``data.*`` / ``trainer.*`` overrides
 change them for this evaluation only). One run prints a table and writes
 ``<run>/eval/<ckpt>-<split>.json`` (atomically; ``metrics.json`` is never touched); a folder of runs
-also writes ``<folder>/eval-<ckpt>-<split>.csv``.
+also writes ``<folder>/eval-<ckpt>-<split>.csv``. An earlier evaluation is kept: the next one is
+written beside it (``<ckpt>-<split>-2.json``, ...) unless ``overwrite=true``. The ``data.*`` and
+``trainer.*`` overrides are checked as ``train.py`` checks them (``lmvit.config.validate``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmvit.cli import ErrorPolicy
+from lmvit.cli import ErrorPolicy, quiet_libraries
+from lmvit.config import validate
 from lmvit.errors import ConfigError, UserError
 from lmvit.io import atomic_write_json, atomic_write_text
 from lmvit.runs import (
+    check_checkpoint,
     checkpoint,
     checkpoint_name,
     completed_runs,
@@ -37,27 +41,38 @@ from lmvit.runs import (
     load_metrics,
     load_model,
     run_config,
+    run_dir,
 )
 
 log = logging.getLogger("eval")
 SPLITS = ("val", "test")
 
 
+# the parts of a run's config an evaluation uses, checked by validate() with the overrides merged in
+EVAL_SECTIONS = ["task", "model", "data", "trainer"]
+
+
 def evaluate_run(
-    run: Path,
+    run: str | Path,
     ckpt: str = "best",
     split: str = "test",
     data: dict[str, Any] | None = None,
     trainer: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate one run's checkpoint on ``split``; writes and returns ``<run>/eval/<ckpt>-<split>.json``'s content."""
+    """Evaluate one run's checkpoint on ``split``; writes ``<run>/eval/<ckpt>-<split>.json`` (or, when
+    an earlier evaluation is there and not ``overwrite``, ``<ckpt>-<split>-2.json``, ...) and returns
+    its content. ``run``: a run directory (``str`` or ``Path``)."""
+    run = run_dir(run)
     if split not in SPLITS:
         raise ConfigError(f"Invalid setting split={split!r}: must be one of {', '.join(SPLITS)}.")
-    cfg = run_config(run)
-    _check_keys(cfg, "data", data)
-    _check_keys(cfg, "trainer", trainer)
+    saved = run_config(run)
+    _check_keys(saved, "data", data)
+    _check_keys(saved, "trainer", trainer)
     cfg = run_config(run, data=data, trainer=trainer)
+    validate(OmegaConf.masked_copy(cfg, EVAL_SECTIONS), reference=OmegaConf.masked_copy(saved, EVAL_SECTIONS))
     path = checkpoint(run, ckpt)
+    check_checkpoint(path, lambda other: f"python eval.py run={run} ckpt={other}")
     model = load_model(cfg, path)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     saved = cfg.get("trainer") or {}
@@ -89,10 +104,22 @@ def evaluate_run(
         "seconds": round(time.perf_counter() - start, 3),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out = run / "eval" / f"{checkpoint_name(ckpt)}-{split}.json"
+    out = output_path(run / "eval" / f"{checkpoint_name(ckpt)}-{split}.json", overwrite)
     atomic_write_json(out, result)
     log.info("Wrote %s", out)
     return result
+
+
+def output_path(path: Path, overwrite: bool = False) -> Path:
+    """``path``, or when an earlier evaluation holds it (and not ``overwrite``) the first free
+    ``<stem>-2<suffix>``, ``<stem>-3<suffix>``, ... beside it: evaluations are kept."""
+    if overwrite or not path.exists():
+        return path
+    n = 2
+    while path.with_name(f"{path.stem}-{n}{path.suffix}").exists():
+        n += 1
+    log.info("Keeping the earlier %s (overwrite=true replaces it)", path.name)
+    return path.with_name(f"{path.stem}-{n}{path.suffix}")
 
 
 def _check_keys(cfg: DictConfig, section: str, values: dict[str, Any] | None) -> None:
@@ -120,7 +147,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     data = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
     trainer = OmegaConf.to_container(cfg.get("trainer") or {}, resolve=True)
     if is_run(target) or (target / "config.yaml").is_file():
-        result = evaluate_run(target, cfg.ckpt, cfg.split, data, trainer)
+        result = evaluate_run(target, cfg.ckpt, cfg.split, data, trainer, overwrite=cfg.overwrite)
         print(format_table([{"metric": k, "value": v} for k, v in result["metrics"].items()], ["metric", "value"]))
         print(f"(run {target}, checkpoint {Path(result['checkpoint']).name}, split {cfg.split})")
         return [result]
@@ -133,7 +160,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     results, rows = [], []
     for run in runs:
         log.info("Evaluating %s", run)
-        result = evaluate_run(run, cfg.ckpt, cfg.split, data, trainer)
+        result = evaluate_run(run, cfg.ckpt, cfg.split, data, trainer, overwrite=cfg.overwrite)
         results.append(result)
         experiment = load_metrics(run).get("experiment") or {}
         rows.append(
@@ -149,7 +176,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    out = target / f"eval-{checkpoint_name(cfg.ckpt)}-{cfg.split}.csv"
+    out = output_path(target / f"eval-{checkpoint_name(cfg.ckpt)}-{cfg.split}.csv", cfg.overwrite)
     atomic_write_text(out, buffer.getvalue())
     print(format_table(rows, columns))
     print(f"({len(rows)} runs, checkpoint {cfg.ckpt}, split {cfg.split}; written to {out})")
@@ -163,4 +190,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    quiet_libraries()
     main()

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.generation import Generation, TextGenerator
-from lmvit.cli import ErrorPolicy
+from lmvit.cli import ErrorPolicy, quiet_libraries
 from lmvit.errors import ConfigError
 
 
@@ -43,4 +43,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    quiet_libraries()
     main()

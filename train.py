@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 import lmvit.resolvers  # noqa: F401  (registers the ${lmvit.*} resolvers of conf/hydra)
 from lightning_modules.callbacks import RunSummary
 from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
-from lmvit.cli import ErrorPolicy, allow_null_groups
+from lmvit.cli import ErrorPolicy, allow_null_groups, quiet_libraries
 from lmvit.config import print_config, reference_config, run_hparams, validate
 from lmvit.distributed import check_ddp_launch
 from lmvit.resume import resume_config, run_identity
@@ -53,7 +53,7 @@ def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> 
         return None
     if cfg.test:
         has_best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if has_best else None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=has_best or None)
     for logger in loggers:  # HParams tab: the final metrics beside the hyperparameters
         logger.log_metrics(hparam_metrics(summary.summary))
         logger.finalize("success")
@@ -73,6 +73,7 @@ def hparam_metrics(summary: dict) -> dict[str, float]:
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     with ErrorPolicy(multirun=hydra_cfg.mode == RunMode.MULTIRUN) as policy:
+        policy.output_dir = Path(hydra_cfg.runtime.output_dir)  # removed if the run is refused
         if cfg.resume:
             cfg = resume_config(cfg, list(hydra_cfg.overrides.task))
         summary = run_summary(cfg)
@@ -104,5 +105,6 @@ def run_summary(cfg: DictConfig) -> RunSummary:
 
 
 if __name__ == "__main__":
+    quiet_libraries()
     allow_null_groups()  # logger=null -> ~logger
     main()

@@ -7,6 +7,7 @@ import sys
 
 from analysis.findings import VERDICTS
 from analysis.report import write_report
+from analysis.runs import find_run_dirs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,13 +19,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: <first path>/report)")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.paths, args.out)
+        found = find_run_dirs(args.paths)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not found:
+        print(
+            f"error: no runs in {', '.join(args.paths)}: pass a folder written by train.py (a run, a sweep "
+            "such as logs/vit/multiruns/<date_time>, or a log folder holding them)",
+            file=sys.stderr,
+        )
+        return 2
+    report = write_report(args.paths, args.out)
     out = report.files[-1].parent
     done = int((report.runs["status"] == "completed").sum())
     print(f"{len(report.runs)} runs found, {done} completed; report written to {out}")
+    if not done:
+        for _, run in report.not_reported.iterrows():
+            print(f"  not reported ({run['status']}): {run['run']}")
+        statuses = ", ".join(f"{n} {s}" for s, n in report.runs["status"].value_counts().items())
+        print(
+            f"error: none of the {len(report.runs)} runs completed ({statuses}), nothing to report: "
+            f"fix and rerun them (their errors: {out / 'runs.csv'}, column error)",
+            file=sys.stderr,
+        )
+        return 1
     verdicts = report.findings.summary["verdict"].value_counts() if report.findings is not None else {}
     print(
         "findings of the study: "

@@ -91,7 +91,7 @@ def beyond_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty or "experiment" not in runs.columns:
         return pd.DataFrame(columns=COLUMNS)
     done = completed(runs)
-    done = done[done["experiment"].map(lambda e: isinstance(e, str) and e.startswith(PREFIXES))]
+    done = done[done["experiment"].map(lambda e: isinstance(e, str) and e.startswith(PREFIXES)).astype(bool)]
     study = study_rows()
     rows = []
     for _, run in done.sort_values(["task", "experiment", "run"]).iterrows():

@@ -63,9 +63,15 @@ KEEP_CALLBACKS = ("early_stopping",)
 STUDY_AXES = ("model.num_layers", "model.norm")
 
 
+# folders below a log folder that hold no runs of their own: reports, the Hydra files of a resumed
+# run's later sessions (<run>/resumes/<date_time>/), and debug presets' runs (reported only when
+# asked for by name)
+NOT_RUNS = ("report", "resumes", "debug")
+
+
 def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Run directories at or below ``paths`` (a run is a folder holding ``metrics.json``,
-    ``.hydra/config.yaml`` or ``config.yaml``), sorted, without the report's own folder."""
+    ``.hydra/config.yaml`` or ``config.yaml``), sorted, without :data:`NOT_RUNS`."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: set[Path] = set()
@@ -78,9 +84,8 @@ def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         for marker in ("metrics.json", "config.yaml"):
             for file in root.rglob(marker):
                 run = file.parent.parent if file.parent.name == ".hydra" else file.parent
-                # debug presets write below <log_dir>/debug: reported only when asked for by name
                 parts = run.relative_to(root).parts
-                if "report" not in parts and "debug" not in parts and _is_run_dir(run):
+                if not any(p in NOT_RUNS for p in parts) and _is_run_dir(run):
                     found.add(run.resolve())
     return sorted(found)
 

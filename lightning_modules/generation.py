@@ -104,8 +104,10 @@ class TextGenerator:
         """The run's checkpoint (``best``, ``last`` or a path) and its tokenizer, rebuilt from the run's
         data config (``data`` overrides, e.g. ``{"data_dir": ..., "tokenizer_dir": ...}``)."""
         from hydra.utils import instantiate
+        from omegaconf import OmegaConf
 
-        from lmvit.runs import checkpoint, load_model, run_config, run_dir
+        from lmvit.config import validate
+        from lmvit.runs import check_checkpoint, checkpoint, load_model, run_config, run_dir
 
         run = run_dir(run)
         cfg = run_config(run, data=data)
@@ -114,7 +116,11 @@ class TextGenerator:
                 f"Invalid setting run={str(run)!r}: a {cfg.get('task')} run; text generation needs "
                 "a language model run (model=lstm)."
             )
-        model = load_model(cfg, checkpoint(run, ckpt), map_location=map_location)
+        sections = ["task", "model", "data"]  # what generation uses, checked as train.py checks it
+        validate(OmegaConf.masked_copy(cfg, sections), reference=OmegaConf.masked_copy(run_config(run), sections))
+        path = checkpoint(run, ckpt)
+        check_checkpoint(path, lambda other: f"python generate.py run={run} ckpt={other}")
+        model = load_model(cfg, path, map_location=map_location)
         datamodule = instantiate(cfg.data)
         datamodule.setup("validate")  # builds the tokenizer (the word vocabulary comes from the train file)
         if datamodule.vocab_size != model.net.vocab_size:

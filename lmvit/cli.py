@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-from lmvit.errors import UserError
+from lmvit.errors import ConfigError, DatasetError, UserError
 
 log = logging.getLogger("lmvit")
+STARTED = time.time()  # this process's start (import time): files older than it are not this run's
 
 
 def user_error(exc: BaseException) -> BaseException | None:
@@ -45,6 +49,10 @@ class ErrorPolicy:
     def __init__(self, multirun: bool = False) -> None:
         self.multirun = multirun
         self.on_error: Callable[[BaseException], None] | None = None
+        # set by train.py: this session's Hydra output folder, removed when a single run is refused
+        # (see discard_refused_run); never a resumed run's own folder
+        self.output_dir: Path | None = None
+        self.started = STARTED
 
     def __enter__(self) -> ErrorPolicy:
         return self
@@ -52,9 +60,12 @@ class ErrorPolicy:
     def __exit__(self, exc_type, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if exc is None or isinstance(exc, SystemExit):
             return False
-        if self.on_error is not None:
-            self.on_error(exc)
         known = user_error(exc) if os.environ.get("HYDRA_FULL_ERROR") != "1" else None
+        refused = refusal(exc) is not None and not self.multirun and self.output_dir is not None
+        if self.on_error is not None and not refused:  # a refused single run records nothing
+            self.on_error(exc)
+        if refused:
+            discard_refused_run(self.output_dir, self.started)
         if isinstance(exc, KeyboardInterrupt) or not (known or self.multirun):
             return False  # re-raised with its traceback
         if known:
@@ -64,6 +75,69 @@ class ErrorPolicy:
         if self.multirun:  # recorded in its metrics.json; the sweep goes on and exits 1 at the end
             return True  # the entry returns None: the Optuna sweeper records a FAILED trial
         raise SystemExit(exit_code(known)) from None
+
+
+def refusal(exc: BaseException) -> BaseException | None:
+    """The bad setting or missing data behind ``exc`` (a run refused before it trained), else None;
+    a run that diverged (``DivergenceError``) or failed in training is not a refusal."""
+    known = user_error(exc)
+    return known if isinstance(known, (ConfigError, DatasetError, MisconfigurationException)) else None
+
+
+# what a refused run's folder may hold: Hydra's files, the log, the saved config, metrics.json and
+# the empty folders loggers create; anything else (a checkpoint, ...) keeps the folder
+REFUSED_RUN_FILES = (".hydra", "train.log", "config.yaml", "metrics.json", "tensorboard", "checkpoints")
+
+
+def discard_refused_run(output_dir: Path, started: float) -> bool:
+    """Remove ``output_dir`` when it holds only what this session wrote before refusing to run
+    (:data:`REFUSED_RUN_FILES`, every file newer than ``started``); returns whether it did."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    if any(e.name not in REFUSED_RUN_FILES for e in entries):
+        return False
+    files = [f for e in entries for f in ([e] if e.is_file() else e.rglob("*"))]
+    if any(f.is_file() and (f.suffix == ".ckpt" or f.stat().st_mtime < started - 1) for f in files):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in list(folder.parents)[:2]:  # <task>/runs/ (or <run>/resumes/) left empty by it
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (other runs): kept
+            break
+    return True
+
+
+# Library notices nobody can act on, silenced by their exact text (every other warning still shows)
+QUIET_WARNINGS = (
+    # Lightning 2.6's pytree helper on torch >= 2.9 (FutureWarning, once per loader)
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+# log lines of Lightning's rank-zero logger: adverts for a logging service / model registry, and the
+# accelerators this machine does not have (the GPU line stays)
+QUIET_LOG_LINES = ("💡 Tip:", "TPU available: False", "HPU available: False")
+RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_libraries() -> None:
+    """Silence the library notices of :data:`QUIET_WARNINGS` and :data:`QUIET_LOG_LINES`."""
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for name in RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in logger.filters):
+            logger.addFilter(_DropLines(QUIET_LOG_LINES))
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

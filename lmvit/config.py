@@ -131,6 +131,32 @@ CIFAR10_TRAIN_IMAGES = 50_000
 PER_IMAGE_ONLY = {"data.augment": lambda v: bool(v)}
 
 
+# which data module each model trains on (a check across the model and data groups)
+MODEL_DATA = {
+    "lightning_modules.vit_classifier.ViTClassifier": ("datamodules.cifar10.CIFAR10DataModule", "data=cifar10"),
+    "lightning_modules.language_model.LanguageModel": (
+        "datamodules.wikitext2.WikiText2DataModule",
+        "data=wikitext2 or data=wikitext2_offline",
+    ),
+}
+
+
+def _check_model_data(cfg: DictConfig) -> None:
+    """A model paired with the other task's data module (``model=lstm data=cifar10``): one line."""
+    model = str(OmegaConf.select(cfg, "model._target_", default="") or "")
+    data = str(OmegaConf.select(cfg, "data._target_", default="") or "")
+    if model not in MODEL_DATA or not data:
+        return
+    wanted, choice = MODEL_DATA[model]
+    if data != wanted:
+        name = model.rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"Invalid setting data: model={cfg.get('task') or name} ({name}) trains on "
+            f"{wanted.rsplit('.', 1)[-1]}, not {data.rsplit('.', 1)[-1]}. Leave data= out (each model "
+            f"brings its own data) or pass {choice}."
+        )
+
+
 def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(
         f"Invalid setting {key}={value!r}: must be {allowed}. Fix it on the command line (e.g. {key}=...) or in conf/."
@@ -143,6 +169,7 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
     ``reference``, the default config of the same groups (no value overrides), adds a type check of
     every setting: a word where the default is a number (or a flag), a fraction where it is an
     integer, is refused whatever the setting."""
+    _check_model_data(cfg)
     if reference is not None:
         check_types(cfg, reference)
     for key, (ok, allowed) in RULES.items():
@@ -256,16 +283,20 @@ def _check_optimizer_package(cfg: DictConfig) -> None:
 
 
 @rank_zero_only
-def print_config(cfg: DictConfig, save_to: Path | None = None) -> None:
-    """Print the resolved config as a tree (one branch per group) and save it as YAML."""
-    tree = rich.tree.Tree("config", style="bold")
-    for key, value in cfg.items():
-        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
-        tree.add(str(key), style="bold").add(rich.syntax.Syntax(text.rstrip(), "yaml"))
-    rich.print(tree)
+def print_config(cfg: DictConfig, save_to: Path | None = None, tree: bool = False) -> None:
+    """Save the resolved config as YAML and say where in one line (``tree=True``: print it as a tree,
+    one branch per group; ``python train.py <overrides> --cfg job --resolve`` prints it without
+    running)."""
+    if tree:
+        view = rich.tree.Tree("config", style="bold")
+        for key, value in cfg.items():
+            text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+            view.add(str(key), style="bold").add(rich.syntax.Syntax(text.rstrip(), "yaml"))
+        rich.print(view)
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
         save_to.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        print(f"Config: {save_to} (without running: python train.py <overrides> --cfg job --resolve)")
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:

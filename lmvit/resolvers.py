@@ -1,8 +1,9 @@
-"""OmegaConf resolvers used by ``conf/hydra/default.yaml`` (registered on import)."""
+"""OmegaConf resolvers used by ``conf/`` (``lmvit.*``; registered on import of ``lmvit``)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 
 from omegaconf import OmegaConf
 
@@ -24,3 +25,18 @@ def job_dirname(overrides: str, num: int) -> str:
 
 
 OmegaConf.register_new_resolver("lmvit.job_dirname", job_dirname, replace=True)
+
+
+MAX_DEFAULT_WORKERS = 4  # the former fixed default (more: data.num_workers=N)
+
+
+def default_workers() -> int:
+    """``data.num_workers``'s default (``${lmvit.default_workers:}``): one loader worker per usable
+    core but one (the training process keeps a core), at most :data:`MAX_DEFAULT_WORKERS`; 0 (load
+    in the training process) on one core. Never more than the cores, so torch's "excessive worker
+    creation" warning does not fire: 1 on 2 cores, 4 on 6 cores or more."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
+
+
+OmegaConf.register_new_resolver("lmvit.default_workers", default_workers, replace=True)

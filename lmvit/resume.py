@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError
+from lmvit.runs import check_checkpoint
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -38,6 +39,9 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                 "default config lacks)."
             )
     saved.merge_with_dotlist(extra)
+    if any(o.startswith("ckpt_path=") for o in extra) and saved.ckpt_path:  # an earlier checkpoint
+        ckpt = Path(str(saved.ckpt_path)).expanduser().resolve()
+    check_checkpoint(ckpt, lambda other: f"python train.py resume={cfg.resume} ckpt_path={other}")
     saved.resume = str(run_dir)
     saved.ckpt_path = str(ckpt)
     saved.paths.output_dir = str(run_dir)

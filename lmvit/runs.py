@@ -8,7 +8,8 @@ A run directory holds ``config.yaml`` (the resolved config ``train.py`` saved), 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,41 @@ def checkpoint(run: Path, which: str = "best") -> Path:
             f"{present or 'none'}). Use ckpt=best, ckpt=last or ckpt=<path to a .ckpt file>."
         )
     return path.resolve()
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """What is wrong with the checkpoint file ``path`` (empty, truncated, corrupt), or None if it reads
+    whole. A torch checkpoint is a zip archive: a file cut short has no central directory, a damaged
+    one fails its entries' CRC; reading it costs one pass over the file, no unpickling."""
+    try:
+        if path.stat().st_size == 0:
+            return "it is empty"
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        return f"its entry {bad} is corrupt" if bad else None
+    except zipfile.BadZipFile:
+        return "it is truncated or not a checkpoint (no zip central directory)"
+    except (OSError, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        return f"it cannot be read ({exc})"
+
+
+def check_checkpoint(path: Path, use: Callable[[Path], str]) -> None:
+    """A :class:`ConfigError` when ``path`` is damaged, offering the run's newest other intact
+    checkpoint (``<run>/checkpoints/*.ckpt``) as the command ``use(checkpoint)``."""
+    damage = checkpoint_damage(path)
+    if damage is None:
+        return
+    others = sorted(
+        (p for p in path.parent.glob("*.ckpt") if p != path and checkpoint_damage(p) is None),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    offer = (
+        f"an earlier checkpoint of the run: {use(others[0])}"
+        if others
+        else "start the run again (no other checkpoint of the run reads whole)"
+    )
+    raise ConfigError(f"Checkpoint {path} is damaged: {damage}. Nothing was changed; use {offer}.")
 
 
 def checkpoint_name(which: str) -> str:

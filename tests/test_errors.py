@@ -45,8 +45,17 @@ def test_user_errors_are_one_line(overrides, code, message, tmp_path, data_dir):
     (line,) = [ln for ln in out.splitlines() if "ERROR" in ln]  # exactly one line says what is wrong
     assert message in line
     assert "Loading CIFAR-10" not in out  # failed before any data was loaded
-    (run,) = find_runs(tmp_path)  # and the run says so in its metrics.json
-    assert load_metrics(run)["status"] == "failed"
+    assert find_runs(tmp_path) == [] and not any(p.is_file() for p in tmp_path.rglob("*"))  # no run folder
+
+
+@pytest.mark.slow
+def test_a_refused_sweep_job_is_recorded(tmp_path, data_dir):
+    """In a sweep the refused job keeps its folder: its metrics.json names the error for the summary."""
+    proc = run_train("-m", "data.train_subset=0", log_dir=tmp_path, data_dir=data_dir, check=False, timeout=120)
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    (run,) = find_runs(tmp_path)
+    metrics = load_metrics(run)
+    assert metrics["status"] == "failed" and "data.train_subset=0" in metrics["error"]["message"]
 
 
 def test_error_types_are_defined_once():

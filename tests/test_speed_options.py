@@ -238,7 +238,7 @@ def test_progress_bar_stays_live_and_epoch_metrics_match_an_independent_count(im
     """The bar advances every batch and shows the epoch metrics; the metric objects, logged once an
     epoch, give the accuracy and the mean loss of every batch of the epoch."""
     module, dataset = _vit_case(images)
-    bar = ProgressBar()
+    bar = ProgressBar(when="always")  # live under pytest too (its output is not a terminal)
     losses = []
 
     class Record(pl.Callback):

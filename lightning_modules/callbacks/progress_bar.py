@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from pytorch_lightning.callbacks import RichProgressBar
@@ -14,9 +15,17 @@ class ProgressBar(RichProgressBar):
     host) is rebuilt at most as often as it is redrawn instead of after every batch. The bar itself
     advances every batch; epoch ends and validation ends update the metrics at once."""
 
-    def __init__(self, refresh_rate: int = 10, **kwargs) -> None:
+    def __init__(self, refresh_rate: int = 10, when: str = "auto", **kwargs) -> None:
+        if when not in ("auto", "always"):
+            raise ValueError(f"callbacks.progress_bar.when={when!r}: must be auto or always")
         super().__init__(refresh_rate=refresh_rate, **kwargs)
+        self.when = when  # auto: only in a terminal (redirected output gets ProgressLog's lines)
         self._next_metrics_update = 0.0
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.when == "auto" and not sys.stdout.isatty():  # redirected (> run.log, SLURM): ProgressLog
+            self.disable()  # writes the progress instead of the bar's last frames dumped into the file
+        super().setup(trainer, pl_module, stage)
 
     def _update_metrics(self, trainer, pl_module) -> None:
         self._next_metrics_update = time.monotonic() + 1.0 / max(1, self.refresh_rate)
