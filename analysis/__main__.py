@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     out = report.files[-1].parent
     done = int((report.runs["status"] == "completed").sum())
     print(f"{len(report.runs)} runs found, {done} completed; report written to {out}")
-    verdicts = report.findings.summary["verdict"].value_counts() if report.findings is not None else {}
+    verdicts = report.findings.summary["kind"].value_counts() if report.findings is not None else {}
     print(
         "findings of the study: "
         + ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in VERDICTS)
