@@ -94,7 +94,9 @@ def figure_specs(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, str, 
     """(file stem, task, runs, x axis, title) for the study's figures that have runs, then one
     pair of figures (epochs, wall-clock) per task over all its completed runs."""
     done = completed(runs)
-    why = alone(runs).reindex(done.index) if "load_1m" in runs.columns else pd.Series("no load record", index=done.index)
+    why = (
+        alone(runs).reindex(done.index) if "load_1m" in runs.columns else pd.Series("no load record", index=done.index)
+    )
 
     def wall(title: str, chosen: pd.DataFrame) -> str:  # a wall-clock figure says how its times were measured
         return f"{title}\n({figure_note(chosen, why)})"

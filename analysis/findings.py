@@ -268,7 +268,11 @@ class _Groups:
         for _, r in members.iterrows():
             v = pd.to_numeric(pd.Series([r[metric]]), errors="coerce").iloc[0]
             if pd.notna(v) and math.isfinite(v):
-                key = int(r["seed"]) if isinstance(r["seed"], (int, float, np.number)) and pd.notna(r["seed"]) else r["run"]
+                key = (
+                    int(r["seed"])
+                    if isinstance(r["seed"], (int, float, np.number)) and pd.notna(r["seed"])
+                    else r["run"]
+                )
                 out[key] = float(v)
         return out
 

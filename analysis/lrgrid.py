@@ -129,16 +129,17 @@ def lr_grids(runs: pd.DataFrame) -> LrGrids:
         if not scored:
             continue
         sign = -1.0 if mode == "max" else 1.0  # smaller key is better
-        pick = min(scored, key=lambda g: (g["failed"] / g["total"], sign * float(np.mean(list(g["val"].values()))), g["lr"]))
+        pick = min(
+            scored, key=lambda g: (g["failed"] / g["total"], sign * float(np.mean(list(g["val"].values()))), g["lr"])
+        )
         i = grid.index(pick)
         notes = []
         if i in (0, len(grid) - 1):
             notes.append(f"best at the grid's {'lower' if i == 0 else 'upper'} edge: extend the grid")
         for j, side in ((i - 1, "lower"), (i + 1, "upper")):
             if 0 <= j < len(grid) and grid[j]["failed"]:
-                notes.append(
-                    f"{side} neighbour lr {grid[j]['lr']:g}: {grid[j]['failed']} of {grid[j]['total']} runs diverged/failed"
-                )
+                g = grid[j]
+                notes.append(f"{side} neighbour lr {g['lr']:g}: {g['failed']} of {g['total']} runs diverged/failed")
         others = runs[(runs["family"] == family) & ~runs["status"].isin((*IN_GRID, "duplicate"))]
         if not others.empty:
             notes.append(
@@ -227,9 +228,7 @@ def _rank(best: pd.DataFrame) -> pd.DataFrame:
         if pd.notna(row["p adjusted vs best"]):
             significant = row["p adjusted vs best"] < ALPHA
             ranked.at[i, "vs best"] = (
-                ("worse" if row["_worse"] else "better")
-                if significant
-                else "not distinguishable"
+                ("worse" if row["_worse"] else "better") if significant else "not distinguishable"
             ) + f" ({row['method vs best']}, Holm-adjusted p {row['p adjusted vs best']:.3g})"
     return ranked.drop(columns=[c for c in ("_summary", "_values", "_worse") if c in ranked.columns])
 
@@ -244,7 +243,7 @@ def to_markdown(grids: LrGrids) -> str:
     if best.empty:
         return (
             "_No learning-rate grid among these runs (runs of one configuration at two or more "
-            "learning rates): see docs/findings.md, \"A fair learning-rate comparison\"._\n"
+            'learning rates): see docs/findings.md, "A fair learning-rate comparison"._\n'
         )
     lines = []
     for _, same in best.groupby("lr_setting", sort=False):
@@ -260,7 +259,8 @@ def to_markdown(grids: LrGrids) -> str:
             "paired t over shared seeds, else Welch, else not tested (n=1); Holm-adjusted p.",
             "",
             "| Rank | Optimizer | Best lr | Reported at best lr [95% CI] | Failures at best lr | "
-            f"{metric} at best lr | vs the best: diff [95% CI] | at the study's lr | Grid: lr (failed of runs) | Note |",
+            f"{metric} at best lr | vs the best: diff [95% CI] | at the study's lr | "
+            "Grid: lr (failed of runs) | Note |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for _, row in same.iterrows():

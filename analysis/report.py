@@ -93,7 +93,17 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
     report.lr_grids.best.to_csv(out / "lr_grid.csv", index=False)
     report.lr_grids.points.to_csv(out / "lr_grid_points.csv", index=False)
     (out / "lr_grid.md").write_text(f"## {LR_TITLE}\n\n{lrgrid_md.to_markdown(report.lr_grids)}")
-    files += [out / n for n in ("findings.csv", "findings_summary.csv", "findings.md", "lr_grid.csv", "lr_grid_points.csv", "lr_grid.md")]
+    files += [
+        out / n
+        for n in (
+            "findings.csv",
+            "findings_summary.csv",
+            "findings.md",
+            "lr_grid.csv",
+            "lr_grid_points.csv",
+            "lr_grid.md",
+        )
+    ]
     figures = make_figures(report.runs, report.curves)
     files += save_figures(figures, out)
     report.runs.to_csv(out / "runs.csv", index=False)

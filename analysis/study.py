@@ -231,7 +231,11 @@ def preset_settings() -> dict[str, dict[str, Any]]:
             key = cfg.get("study_config")
             if not key:
                 continue
-            raw = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in ROW_AXES if k in cfg}
+            raw = {
+                k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in ROW_AXES
+                if k in cfg
+            }
             # resolve only the kept keys (paths and the like may need Hydra's runtime)
             axes = {k: OmegaConf.select(cfg, k) for k in row_axes(raw)}
             out[str(key)] = {

@@ -28,8 +28,8 @@ from analysis.findings import ALPHA, check_findings, overall
 from analysis.lrgrid import lr_grids
 from analysis.report import write_report
 from analysis.stats import compare, holm, paired, summarize, welch
-from analysis.timing import LOAD_SLACK
 from analysis.study import study_rows
+from analysis.timing import LOAD_SLACK
 from tests.helpers import ROOT, find_runs, load_metrics, run_train
 
 _CLOCK = itertools.count(1_700_000_000, 10_000)  # a run's start: each after the previous one
@@ -352,7 +352,9 @@ def test_finding_verdicts_partly_tested_mixed_and_overall_rules(tmp_path):
     sgd = _check(result, "sgd_worst")
     assert sorted(sgd["verdict"]) == ["missing"] * 3 + ["supported"] * 3  # no LSTM runs
     assert _verdict(result, "sgd_worst") == "partly tested (3 of 6 checks)"
-    depth = dict(zip(_check(result, "depth_helps_vit")["check"].str.slice(0, 8), _check(result, "depth_helps_vit")["verdict"]))
+    depth = dict(
+        zip(_check(result, "depth_helps_vit")["check"].str.slice(0, 8), _check(result, "depth_helps_vit")["verdict"])
+    )
     assert depth == {"table2/5": "supported", "table2/6": "contradicted"}
     assert _verdict(result, "depth_helps_vit") == "mixed"
     assert overall(["supported", "supported"]) == ("supported", "supported")
@@ -370,7 +372,12 @@ def test_finding_verdicts_partly_tested_mixed_and_overall_rules(tmp_path):
 def test_not_better_respects_its_margin(tmp_path, gain, noise):
     from analysis.findings import Compare, Finding
 
-    finding = Finding("x", "4 layers do not beat 2 by more than 5%", "test", (Compare("vit", "val/acc", "table2/5", "table2/2", "not_better", 0.05),))
+    finding = Finding(
+        "x",
+        "4 layers do not beat 2 by more than 5%",
+        "test",
+        (Compare("vit", "val/acc", "table2/5", "table2/2", "not_better", 0.05),),
+    )
     base = [0.60, 0.62, 0.61]
     for seed, (b, n) in enumerate(zip(base, noise), start=1):
         make_run(tmp_path, f"l2_{seed}", seed=seed, val_acc=b)
@@ -404,7 +411,14 @@ def test_missing_runs_and_settings_are_named(tmp_path):
 def test_budgets_are_never_compared_with_each_other(tmp_path):
     for seed in (1, 2):
         make_run(tmp_path, f"adamw_cpu{seed}", seed=seed, val_acc=0.5, extra={"budget": {"name": "cpu", "epochs": 10}})
-        make_run(tmp_path, f"adam_cpu{seed}", optimizer="adam", seed=seed, val_acc=0.45 + 0.01 * seed, extra={"budget": {"name": "cpu", "epochs": 10}})
+        make_run(
+            tmp_path,
+            f"adam_cpu{seed}",
+            optimizer="adam",
+            seed=seed,
+            val_acc=0.45 + 0.01 * seed,
+            extra={"budget": {"name": "cpu", "epochs": 10}},
+        )
         make_run(tmp_path, f"adam_full{seed}", optimizer="adam", seed=seed, val_acc=0.6)
     runs = load_runs(tmp_path)
     assert sorted(runs["budget"]) == ["cpu"] * 4 + ["full"] * 2  # a config without budget: full
@@ -482,6 +496,24 @@ def test_time_is_compared_only_between_runs_measured_alone(tmp_path, case):
     assert "times not comparable" in titles["figure4"] and "comparable" not in titles["figure3"]
 
 
+def test_each_epoch_records_the_machine(tmp_path):
+    """RunSummary adds the machine's load, cores and device to every epoch of metrics.json's history."""
+    import os
+    from types import SimpleNamespace
+
+    from lightning_modules.callbacks import RunSummary
+
+    summary = RunSummary(str(tmp_path / "metrics.json"), task="vit", monitor="val/acc")
+    trainer = SimpleNamespace(sanity_checking=False, callback_metrics={"val/acc": 0.5}, current_epoch=0, global_step=3)
+    summary.on_train_epoch_start(trainer, None)
+    summary.on_train_epoch_end(trainer, None)
+    (row,) = summary.history
+    assert row["time/load_1m"] == pytest.approx(os.getloadavg()[0], abs=2.0) and row["time/load_1m"] >= 0
+    assert row["time/cores"] == os.cpu_count() and row["time/cpus"] == len(os.sched_getaffinity(0))
+    assert isinstance(row["time/device"], str) and row["time/device"]
+    assert isinstance(row["time/host"], str) and row["time/end_unix"] > 1.6e9
+
+
 # -- study rows by content ------------------------------------------------------------------------
 def _composed(*overrides: str) -> dict:
     """A run's config.yaml as train.py writes it (resolved), composed without Hydra's runtime."""
@@ -530,11 +562,15 @@ def test_study_rows_are_matched_by_content(tmp_path):
 # -- learning-rate grids ---------------------------------------------------------------------------
 def test_lr_chosen_on_validation_reported_on_test_with_failures_and_edges(tmp_path):
     grid = {  # optimizer -> lr -> (val acc, test acc) per seed; None: the seed diverged
-        "adam": {1e-4: [(0.50, 0.49), (0.52, 0.50)], 3e-4: [(0.60, 0.57), (0.58, 0.56)], 1e-3: [(0.55, 0.54), (0.57, 0.55)]},
+        "adam": {
+            1e-4: [(0.50, 0.49), (0.52, 0.50)],
+            3e-4: [(0.60, 0.57), (0.58, 0.56)],
+            1e-3: [(0.55, 0.54), (0.57, 0.55)],
+        },
         # the best mean val acc is at 1e-1, but one of its two seeds diverged: 1e-2 is chosen,
         # whose upper neighbour has 1 of 2 runs diverged
         "sgd": {1e-3: [(0.30, 0.29), (0.32, 0.31)], 1e-2: [(0.45, 0.44), (0.47, 0.45)], 1e-1: [(0.50, 0.49), None]},
-        "lion": {1e-5: [(0.40, 0.39), (0.42, 0.40)], 1e-4: [(0.61, 0.60), (0.63, 0.61)]},  # any optimizer name
+        "lion": {1e-5: [(0.40, 0.39), (0.42, 0.40)], 1e-4: [(0.61, 0.60), (0.63, 0.62)]},  # any optimizer name
     }
     for opt, points in grid.items():
         for lr, seeds_ in points.items():
@@ -570,7 +606,10 @@ def test_lr_chosen_on_validation_reported_on_test_with_failures_and_edges(tmp_pa
         assert best.at[opt, "best lr"] == lr and best.at[opt, "reported metric"] == "test/acc"
         assert best.at[opt, "mean"] == pytest.approx(np.mean(tests), rel=1e-12)
         assert best.at[opt, "val mean"] == pytest.approx(np.mean([v for v, _ in grid[opt][lr]]), rel=1e-12)
-        assert (best.at[opt, "ci95 low"], best.at[opt, "ci95 high"]) == (pytest.approx(s.ci_low), pytest.approx(s.ci_high))
+        assert (best.at[opt, "ci95 low"], best.at[opt, "ci95 high"]) == (
+            pytest.approx(s.ci_low),
+            pytest.approx(s.ci_high),
+        )
         assert best.at[opt, "n"] == 2 and best.at[opt, "max_epochs"] == 3 and best.at[opt, "train_subset"] == 5000
     assert best.at["sgd", "failures per lr"] == "0 of 2, 0 of 2, 1 of 2"
     assert "upper neighbour lr 0.1: 1 of 2 runs diverged" in best.at["sgd", "note"]
@@ -618,8 +657,27 @@ def test_report_writes_check_and_finding_csvs(tmp_path):
         make_run(tmp_path / "runs", f"adam{seed}", optimizer="adam", seed=seed, val_acc=0.55 + 0.02 * seed)
     write_report(tmp_path / "runs", tmp_path / "report")
     checks = pd.read_csv(tmp_path / "report" / "findings.csv")
-    for column in ("finding", "budget", "check", "A", "B", "n A", "n B", "seeds A", "seeds B", "mean A", "mean B",
-                   "diff", "ci low", "ci high", "method", "p", "p adjusted", "verdict", "reason"):
+    for column in (
+        "finding",
+        "budget",
+        "check",
+        "A",
+        "B",
+        "n A",
+        "n B",
+        "seeds A",
+        "seeds B",
+        "mean A",
+        "mean B",
+        "diff",
+        "ci low",
+        "ci high",
+        "method",
+        "p",
+        "p adjusted",
+        "verdict",
+        "reason",
+    ):
         assert column in checks.columns, column
     summary = pd.read_csv(tmp_path / "report" / "findings_summary.csv")
     assert {"finding", "budget", "verdict", "kind", "checks", "ran"} <= set(summary.columns)
