@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    verdicts = report.findings.summary["verdict"].value_counts() if report.findings is not None else {}
+    verdicts = report.findings.summary["kind"].value_counts() if report.findings is not None else {}
     print(
         "findings of the study: "
         + ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in VERDICTS)

@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis.runs import completed
 from analysis.study import FIGURES
+from analysis.timing import alone, figure_note
 
 METRIC = {"vit": ("acc", "accuracy"), "lstm": ("ppl", "perplexity")}
 BAND = "band: ± 1 std over seeds"
@@ -93,17 +94,27 @@ def figure_specs(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, str, 
     """(file stem, task, runs, x axis, title) for the study's figures that have runs, then one
     pair of figures (epochs, wall-clock) per task over all its completed runs."""
     done = completed(runs)
+    why = (
+        alone(runs).reindex(done.index) if "load_1m" in runs.columns else pd.Series("no load record", index=done.index)
+    )
+
+    def wall(title: str, chosen: pd.DataFrame) -> str:  # a wall-clock figure says how its times were measured
+        return f"{title}\n({figure_note(chosen, why)})"
+
     specs = []
     for stem, task, configs, x, title in FIGURES:
         chosen = done[(done["task"] == task) & done["study_config"].isin(configs)]
         if not chosen.empty:
             axis = "epochs" if x == "epoch" else "wall-clock"
-            specs.append((stem, task, chosen, x, f"Figure {stem.removeprefix('figure')}: {title}, vs {axis}"))
+            text = f"Figure {stem.removeprefix('figure')}: {title}, vs {axis}"
+            specs.append((stem, task, chosen, x, wall(text, chosen) if x == "wall" else text))
     for task in ("lstm", "vit"):
         chosen = done[done["task"] == task]
         if not chosen.empty:
             specs.append((f"{task}_all_epochs", task, chosen, "epoch", f"{task}: all runs, vs epochs"))
-            specs.append((f"{task}_all_wallclock", task, chosen, "wall", f"{task}: all runs, vs wall-clock"))
+            specs.append(
+                (f"{task}_all_wallclock", task, chosen, "wall", wall(f"{task}: all runs, vs wall-clock", chosen))
+            )
     return specs
 
 

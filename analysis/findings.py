@@ -3,32 +3,43 @@
 Every finding is a list of checks; a check compares two configurations of the study (by their
 ``study_config``, e.g. ``table2/2`` vs ``table2/1``) on one metric, at one *setting*: the two sides
 must share everything but the optimizer (its learning rate included), depth and norm placement
-(same epochs, training data, batch size, ...), so runs at a reduced budget are compared with each
-other, never with full-scale ones. Each check gets a verdict from the interval of the difference
-of means ``A - B`` (oriented so that positive is what the study claims):
+(same epochs, training data, batch size, ...), and one *budget* (``budget.name`` of the runs'
+config, ``full`` when absent): runs of two budgets are never compared, and the Findings section
+shows each budget on its own. The rules (``docs/findings.md`` has them with a worked example):
 
-* both sides with >= 2 runs (seeds): Welch's t-test and its 95% interval;
-* a side with a single run: ``diff -+ K_STATED * sigma * sqrt(1/nA + 1/nB)``, ``sigma`` being the
-  run-to-run spread of one run that the report states: the pooled std of the configurations of the
-  same task and setting that have >= 2 seeds when there are any (measured), else an assumed
-  ``DEFAULT_SPREAD_REL`` fraction of the compared value (assumed). So one seed per side supports
-  or contradicts a claim only when the difference is ``K_STATED`` standard deviations away.
+* **The test.** Both sides share >= 2 seeds (configurations run with one seed share its split,
+  initialisation and data order): the paired t-test on the per-seed differences (t quantile with
+  n - 1 degrees of freedom). Otherwise both sides have >= 2 runs: Welch's t-test. Otherwise (a side
+  with a single run): **not tested (n=1)**; no spread is assumed, borrowed or pooled.
+* **Time and memory.** ``train_seconds`` is compared only between runs measured alone on one kind of
+  device, ``peak_memory_mb`` only on one kind of device (``analysis/timing.py``); else not tested.
+* **The p-value** of a check is the two-sided p of the test at the claim's boundary (``b``: 0 for
+  ``better`` and ``larger``, the margin ``m`` for ``not_better``, the nearer of ``-m``, ``m`` for
+  ``similar``; the larger of both when the estimate lies between them). The p-values of all the
+  checks of the report (every finding, every budget) are adjusted together by Holm's method; a
+  check is decided when its adjusted p < ``ALPHA``, on the side of ``b`` its estimate lies on.
+  (With one check, this is: the 95% interval excludes ``b``.)
 
-Claims and rules (``lo``, ``hi``: the interval of the claimed improvement, ``m``: a margin
-relative to side B's mean):
+Claims (``d``: the improvement A over B, oriented so that positive is what the study claims;
+``m``: a margin relative to side B's mean), each decided by its adjusted p:
 
-* ``better`` (A better than B; accuracy up, loss/perplexity/time down) and ``larger``:
-  supported if ``lo > 0``, contradicted if ``hi < 0``, inconclusive otherwise;
-* ``not_better`` (A does not improve on B by more than ``m``): contradicted if ``lo > 0``,
-  supported if ``hi <= m``, inconclusive otherwise;
-* ``similar`` (within ``m``): supported if ``[lo, hi]`` lies inside ``[-m, m]``, contradicted if
-  it lies outside, inconclusive otherwise.
+* ``better`` (accuracy up, loss/perplexity/time down) and ``larger``: supported when ``d`` is
+  significantly above 0, contradicted when significantly below;
+* ``not_better`` (A does not improve on B by more than ``m``): contradicted only when ``d`` is
+  significantly above ``m`` (the interval lies beyond the margin), supported when significantly below;
+* ``similar`` (within ``m``): supported when ``d`` is significantly inside ``[-m, m]`` (both
+  boundaries rejected), contradicted when significantly outside.
 
 "No overfitting in 10 epochs" is checked on each run's own history (``metrics.json``): a run
 overfits when its validation loss at epoch 10 is more than ``OVERFIT_TOL`` above its minimum over
-epochs 1-10. A check without the runs it needs is ``missing`` and says which runs it lacks. A
-finding is contradicted if any of its checks is, supported if all checks with runs are, missing
-if none has runs, and inconclusive otherwise.
+epochs 1-10 (no p-value: an observation of each run).
+
+A finding (per budget) is **supported** only when every one of its checks ran and is supported;
+**mixed** when some checks are supported and others contradicted; **contradicted** when some are
+contradicted and none supported; **partly tested (k of n checks)** when only k of its n checks ran
+(missing runs, a single run, timings under load) and none is contradicted; **inconclusive** when all
+ran and some are inconclusive; **not tested** when none ran but runs exist; **missing** when no
+check has runs.
 """
 
 from __future__ import annotations
@@ -42,16 +53,15 @@ import numpy as np
 import pandas as pd
 
 from analysis.runs import completed
-from analysis.stats import pooled_std, stated_spread, summarize, welch
+from analysis.stats import compare, holm
 from analysis.study import OPTIMIZER_NAMES, study_rows
+from analysis.timing import alone, time_refusal
 
-K_STATED = 4.0
-# the run-to-run std of one run assumed when the runs present cannot measure it, as a fraction of
-# the compared value (by metric suffix): deliberately generous, so single seeds decide only clear cases
-# (peak GPU memory depends on shapes, not on the seed: nearly deterministic)
-DEFAULT_SPREAD_REL = {"acc": 0.02, "loss": 0.02, "ppl": 0.02, "train_seconds": 0.10, "peak_memory_mb": 0.005}
+ALPHA = 0.05
 OVERFIT_TOL = 0.02
-VERDICTS = ("supported", "contradicted", "inconclusive", "missing")
+CHECK_VERDICTS = ("supported", "contradicted", "inconclusive", "not tested", "missing")
+VERDICTS = ("supported", "partly tested", "mixed", "contradicted", "inconclusive", "not tested", "missing")
+DEFAULT_BUDGET = "full"
 
 METRIC_NAMES = {
     "val/acc": "validation accuracy",
@@ -189,14 +199,7 @@ def higher_is_better(metric: str) -> bool:
     return metric.endswith("acc")
 
 
-def _default_rel(metric: str) -> float:
-    for suffix, rel in DEFAULT_SPREAD_REL.items():
-        if metric.endswith(suffix):
-            return rel
-    return 0.05
-
-
-def budget(run: pd.Series, with_lr: bool = True) -> str:
+def describe_setting(run: pd.Series, with_lr: bool = True) -> str:
     """What a configuration was trained with, in words: epochs, data (and learning rate)."""
     parts = [f"{int(run['epochs'])} epochs" if pd.notna(run.get("epochs")) else "? epochs"]
     subset = run.get("train_subset")
@@ -235,52 +238,58 @@ def _label(config: str) -> str:
 
 
 class _Groups:
-    """The completed configurations of the runs, with their summaries and stated spreads."""
+    """The completed runs, by budget, with whether each run's time was measured alone."""
 
     def __init__(self, runs: pd.DataFrame) -> None:
-        self.done = completed(runs)
-        self.spreads: dict[tuple, dict] = {}
+        self.done = completed(runs).copy()
+        if "budget" not in self.done.columns:
+            self.done["budget"] = DEFAULT_BUDGET
+        self.done["budget"] = self.done["budget"].fillna(DEFAULT_BUDGET)
+        # every run found counts for "side by side" (a failed run competed for the machine too)
+        why = alone(runs) if "load_1m" in runs.columns else pd.Series("no load record", index=runs.index)
+        self.why_not_alone = why.reindex(self.done.index).fillna("no load record")
 
-    def sides(self, task: str, config: str) -> pd.DataFrame:
+    @property
+    def budgets(self) -> list[str]:
+        found = list(dict.fromkeys(self.done["budget"])) if not self.done.empty else []
+        return found or [DEFAULT_BUDGET]
+
+    def sides(self, task: str, config: str, budget: str) -> pd.DataFrame:
         d = self.done
-        return d[(d["task"] == task) & (d["study_config"] == config)] if not d.empty else d
+        if d.empty:
+            return d
+        return d[(d["task"] == task) & (d["study_config"] == config) & (d["budget"] == budget)]
 
-    def values(self, members: pd.DataFrame, metric: str) -> pd.Series:
+    def values(self, members: pd.DataFrame, metric: str) -> dict:
+        """``{seed: value}`` of the runs with a finite ``metric`` (the run's path when no seed)."""
         if metric not in members.columns:
-            return pd.Series(dtype=float)
-        return pd.to_numeric(members[metric], errors="coerce").dropna()
-
-    def spread(self, task: str, metric: str, setting: str, reference: float, first: pd.Series) -> tuple[float, str]:
-        """The run-to-run std of one run stated for (task, metric, setting) and where it comes from."""
-        d = self.done
-        same = d[(d["task"] == task) & (d["setting"] == setting)] if not d.empty else d
-        summaries = [summarize(self.values(g, metric)) for _, g in same.groupby("group")]
-        sigma, groups = pooled_std(summaries)
-        if groups:
-            source = f"measured: pooled std of {groups} configuration(s) with >= 2 seeds"
-        else:
-            rel = _default_rel(metric)
-            sigma = rel * abs(reference)
-            source = f"assumed: {rel * 100:g}% of the compared value (no seeds to measure it)"
-        self.spreads[(task, metric, budget(first))] = {
-            "task": task,
-            "metric": metric,
-            "setting": budget(first),
-            "sigma": sigma,
-            "source": source,
-        }
-        return sigma, source
+            return {}
+        out = {}
+        for _, r in members.iterrows():
+            v = pd.to_numeric(pd.Series([r[metric]]), errors="coerce").iloc[0]
+            if pd.notna(v) and math.isfinite(v):
+                key = (
+                    int(r["seed"])
+                    if isinstance(r["seed"], (int, float, np.number)) and pd.notna(r["seed"])
+                    else r["run"]
+                )
+                out[key] = float(v)
+        return out
 
 
-def _interval(claim: str, lo: float, hi: float, margin: float) -> str:
+def _decision(claim: str, d, sign: float, margin: float) -> tuple[float, str, float]:
+    """(p at the claim's boundary, the verdict if significant, the boundary on the diff's scale)
+    for the oriented improvement ``sign * diff`` (see the module docstring)."""
+    est = sign * d.diff
     if claim in ("better", "larger"):
-        return "supported" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"
+        return d.p_at(0.0), "supported" if est > 0 else "contradicted", 0.0
     if claim == "not_better":
-        return "contradicted" if lo > 0 else "supported" if hi <= margin else "inconclusive"
+        return d.p_at(sign * margin), "contradicted" if est > margin else "supported", sign * margin
     if claim == "similar":
-        if -margin <= lo and hi <= margin:
-            return "supported"
-        return "contradicted" if hi < -margin or lo > margin else "inconclusive"
+        if -margin < est < margin:
+            return max(d.p_at(-margin), d.p_at(margin)), "supported", margin
+        edge = margin if est >= margin else -margin
+        return d.p_at(sign * edge), "contradicted", sign * edge
     raise ValueError(f"unknown claim {claim!r}")
 
 
@@ -300,21 +309,29 @@ def _check_text(check) -> str:
     return f"{_label(check.a)} {CLAIM_WORDS[check.claim]} {_label(check.b)} in {metric}{margin}"
 
 
-def _missing(finding: Finding, check, reason: str) -> dict:
-    return {"finding": finding.key, "check": _check_text(check), "verdict": "missing", "reason": reason}
+def _missing(finding: Finding, check, budget: str, reason: str, verdict: str = "missing") -> dict:
+    return {"finding": finding.key, "budget": budget, "check": _check_text(check), "verdict": verdict, "reason": reason}
 
 
-def _compare(finding: Finding, check: Compare, groups: _Groups) -> list[dict]:
-    side_a, side_b = groups.sides(check.task, check.a), groups.sides(check.task, check.b)
+def _compare(finding: Finding, check: Compare, groups: _Groups, budget: str) -> list[dict]:
+    side_a, side_b = groups.sides(check.task, check.a, budget), groups.sides(check.task, check.b, budget)
     lacking = [c for c, s in ((check.a, side_a), (check.b, side_b)) if s.empty]
     if lacking:
-        return [_missing(finding, check, "no completed runs of " + " and ".join(_label(c) for c in lacking))]
+        return [
+            _missing(
+                finding,
+                check,
+                budget,
+                "no completed runs of " + " and ".join(_label(c) for c in lacking) + f" at budget {budget}",
+            )
+        ]
     settings = [s for s in dict.fromkeys(side_a["setting"]) if s in set(side_b["setting"])]
     if not settings:
         return [
             _missing(
                 finding,
                 check,
+                budget,
                 f"runs of {check.a} and {check.b} exist but never at the same setting "
                 "(epochs, data, lr, ...): nothing to compare",
             )
@@ -327,13 +344,14 @@ def _compare(finding: Finding, check: Compare, groups: _Groups) -> list[dict]:
         a = max((g for _, g in a.groupby("group")), key=len)
         b = max((g for _, g in b.groupby("group")), key=len)
         va, vb = groups.values(a, check.metric), groups.values(b, check.metric)
-        first = a.iloc[0]
         base = {
             "finding": finding.key,
+            "budget": budget,
             "check": _check_text(check),
             "task": check.task,
             "metric": check.metric,
-            "setting": budget(first),
+            "claim": check.claim,
+            "setting": describe_setting(a.iloc[0]),
             "A": a.iloc[0]["label"],
             "B": b.iloc[0]["label"],
             "runs A": "; ".join(a["run"]),
@@ -342,45 +360,44 @@ def _compare(finding: Finding, check: Compare, groups: _Groups) -> list[dict]:
             "seeds B": seeds(b),
             "folders A": _folders(a),
             "folders B": _folders(b),
+            "n A": len(va),
+            "n B": len(vb),
         }
-        if va.empty or vb.empty:
+        if not va or not vb:
             what = "GPU memory (CPU runs record none)" if check.metric == "peak_memory_mb" else check.metric
-            rows.append(
-                {
-                    **base,
-                    "verdict": "missing",
-                    "reason": f"no {what} in the runs of "
-                    + " and ".join(c for c, v in ((check.a, va), (check.b, vb)) if v.empty),
-                }
-            )
+            lacking = " and ".join(c for c, v in ((check.a, va), (check.b, vb)) if not v)
+            rows.append({**base, "verdict": "missing", "reason": f"no {what} in the runs of {lacking}"})
             continue
-        sa, sb = summarize(va), summarize(vb)
-        if sa.n >= 2 and sb.n >= 2:
-            diff, sigma, source = welch(sa, sb), math.nan, "Welch's t-test over seeds"
-        else:
-            sigma, source = groups.spread(check.task, check.metric, setting, sb.mean, first)
-            diff = stated_spread(sa, sb, sigma, K_STATED)
+        sides = compare(va, vb)
+        numbers = {
+            "mean A": sides.a.mean,
+            "mean B": sides.b.mean,
+            "std A": sides.a.std,
+            "std B": sides.b.std,
+            "margin": check.margin_rel * abs(sides.b.mean) if check.margin_rel else math.nan,
+        }
+        refusal = time_refusal(check.metric, a, b, groups.why_not_alone)
+        if refusal or sides.difference is None:
+            rows.append({**base, **numbers, "verdict": "not tested", "reason": refusal or sides.reason})
+            continue
+        d = sides.difference
         sign = 1.0 if check.claim in ("larger", "similar") or higher_is_better(check.metric) else -1.0
-        lo, hi = sorted((sign * diff.ci_low, sign * diff.ci_high))
-        margin = check.margin_rel * abs(sb.mean)
+        p, if_significant, boundary = _decision(check.claim, d, sign, check.margin_rel * abs(sides.b.mean))
         rows.append(
             {
                 **base,
-                "verdict": _interval(check.claim, lo, hi, margin),
-                "n A": sa.n,
-                "n B": sb.n,
-                "mean A": sa.mean,
-                "mean B": sb.mean,
-                "std A": sa.std,
-                "std B": sb.std,
-                "diff": diff.diff,
-                "ci low": diff.ci_low,
-                "ci high": diff.ci_high,
-                "method": diff.method,
-                "p": diff.p,
-                "sigma": sigma,
-                "basis": source,
-                "margin": margin if check.margin_rel else math.nan,
+                **numbers,
+                "n pairs": d.n if d.method == "paired t" else np.nan,
+                "paired seeds": ", ".join(map(str, sides.shared_seeds)),
+                "diff": d.diff,
+                "ci low": d.ci_low,
+                "ci high": d.ci_high,
+                "method": d.method,
+                "df": d.df,
+                "boundary": boundary,
+                "p": p,
+                "p (diff = 0)": d.p,
+                "_if_significant": if_significant,
             }
         )
     return rows
@@ -393,10 +410,10 @@ def _history(run: str) -> list[dict]:
         return []
 
 
-def _overfitting(finding: Finding, check: NoOverfitting, groups: _Groups) -> list[dict]:
+def _overfitting(finding: Finding, check: NoOverfitting, groups: _Groups, budget: str) -> list[dict]:
     rows, short = [], []
     for config in check.configs:
-        members = groups.sides(check.task, config)
+        members = groups.sides(check.task, config, budget)
         for _, group in members.groupby("group", sort=False):
             first = group.iloc[0]
             rises, gaps = [], []
@@ -408,17 +425,18 @@ def _overfitting(finding: Finding, check: NoOverfitting, groups: _Groups) -> lis
                 rises.append((val[-1] - min(val)) / min(val))
                 gaps.append(val[-1] - history[-1].get("train/loss", np.nan))
             if not rises:
-                short.append(f"{config} [{budget(first)}]")
+                short.append(f"{config} [{describe_setting(first)}]")
                 continue
             over = [r > OVERFIT_TOL for r in rises]
             verdict = "contradicted" if all(over) else "supported" if not any(over) else "inconclusive"
             rows.append(
                 {
                     "finding": finding.key,
+                    "budget": budget,
                     "check": f"{_label(config)}: no overfitting within {check.epochs} epochs",
                     "task": check.task,
                     "metric": "val/loss",
-                    "setting": budget(first),
+                    "setting": describe_setting(first),
                     "A": first["label"],
                     "runs A": "; ".join(group["run"]),
                     "seeds A": seeds(group),
@@ -426,7 +444,8 @@ def _overfitting(finding: Finding, check: NoOverfitting, groups: _Groups) -> lis
                     "verdict": verdict,
                     "n A": len(rises),
                     "mean A": float(np.mean(rises)),
-                    "basis": (
+                    "method": "each run's history",
+                    "reason": (
                         f"validation loss at epoch {check.epochs} vs its minimum over epochs 1-{check.epochs}: "
                         f"{', '.join(f'{r:+.1%}' for r in rises)} (overfitting: > +{OVERFIT_TOL:.0%}); "
                         f"val - train loss at epoch {check.epochs}: {np.nanmean(gaps):+.3f}"
@@ -437,50 +456,113 @@ def _overfitting(finding: Finding, check: NoOverfitting, groups: _Groups) -> lis
         reason = f"no run with {check.epochs} epochs of history" + (
             f" (shorter runs: {'; '.join(short)})" if short else ": no completed runs of these configurations"
         )
-        return [_missing(finding, check, reason)]
+        return [_missing(finding, check, budget, reason)]
     return rows
 
 
-def _overall(verdicts: list[str]) -> str:
-    tested = [v for v in verdicts if v != "missing"]
-    if not tested:
-        return "missing"
-    if "contradicted" in tested:
-        return "contradicted"
-    return "supported" if all(v == "supported" for v in tested) else "inconclusive"
+def overall(verdicts: list[str]) -> tuple[str, str]:
+    """(kind, text) of a finding from its checks' verdicts (rules: module docstring)."""
+    n = len(verdicts)
+    ran = [v for v in verdicts if v in ("supported", "contradicted", "inconclusive")]
+    if not ran:
+        kind = "missing" if all(v == "missing" for v in verdicts) else "not tested"
+        return kind, kind
+    has_s, has_c = "supported" in ran, "contradicted" in ran
+    if has_s and has_c:
+        kind = "mixed"
+    elif has_c:
+        kind = "contradicted"
+    elif len(ran) < n:
+        kind = "partly tested"
+    elif all(v == "supported" for v in ran):
+        kind = "supported"
+    else:
+        kind = "inconclusive"
+    text = f"{kind} ({len(ran)} of {n} checks)" if kind == "partly tested" else kind
+    if kind in ("mixed", "contradicted") and len(ran) < n:
+        text += f" ({len(ran)} of {n} checks tested)"
+    return kind, text
 
 
 @dataclass
 class Findings:
-    summary: pd.DataFrame  # one row per finding: key, claim, source, verdict, checks with/without runs
-    checks: pd.DataFrame  # one row per check and setting: the numbers and the runs behind the verdict
-    spreads: pd.DataFrame  # the run-to-run spreads stated for single-seed comparisons
+    summary: pd.DataFrame  # one row per finding and budget: its verdict and the counts of its checks
+    checks: pd.DataFrame  # one row per check, setting and budget: the numbers and runs behind the verdict
+
+
+CHECK_COLUMNS = (  # findings.csv: these first, then the runs and the rest
+    "finding",
+    "budget",
+    "check",
+    "setting",
+    "A",
+    "B",
+    "n A",
+    "n B",
+    "seeds A",
+    "seeds B",
+    "paired seeds",
+    "mean A",
+    "mean B",
+    "diff",
+    "ci low",
+    "ci high",
+    "method",
+    "boundary",
+    "p",
+    "p adjusted",
+    "verdict",
+    "reason",
+)
 
 
 def check_findings(runs: pd.DataFrame, findings: tuple[Finding, ...] = FINDINGS) -> Findings:
     """Every finding of the study against ``runs`` (a :func:`analysis.runs.load_runs` frame)."""
     groups = _Groups(runs)
-    summary, checks = [], []
-    for finding in findings:
-        rows = []
-        for check in finding.checks:
-            rows += (
-                _overfitting(finding, check, groups)
-                if isinstance(check, NoOverfitting)
-                else _compare(finding, check, groups)
-            )
-        verdicts = [r["verdict"] for r in rows]
-        summary.append(
-            {
-                "finding": finding.key,
-                "claim": finding.claim,
-                "source": finding.source,
-                "verdict": _overall(verdicts),
-                **{v: verdicts.count(v) for v in VERDICTS},
-            }
+    checks: list[dict] = []
+    for budget in groups.budgets:
+        for finding in findings:
+            for check in finding.checks:
+                if isinstance(check, NoOverfitting):
+                    checks += _overfitting(finding, check, groups, budget)
+                else:
+                    checks += _compare(finding, check, groups, budget)
+    # Holm over every check of the report with a p-value, then each such check's verdict
+    adjusted = holm(r.get("p", math.nan) for r in checks)
+    family = sum(math.isfinite(x) for x in adjusted)
+    for row, p_adj in zip(checks, adjusted):
+        if "_if_significant" not in row:
+            continue
+        row["p adjusted"] = p_adj
+        significant = p_adj < ALPHA
+        row["verdict"] = row.pop("_if_significant") if significant else "inconclusive"
+        row["reason"] = (
+            f"{row['method']}: Holm-adjusted p {p_adj:.3g} {'<' if significant else '>='} {ALPHA:g} "
+            f"(raw p {row['p']:.3g} at {row['boundary']:+.4g}, {family} "
+            "checks adjusted together)"
         )
-        checks += rows
-    return Findings(pd.DataFrame(summary), pd.DataFrame(checks), pd.DataFrame(list(groups.spreads.values())))
+    frame = pd.DataFrame(checks)
+    if not frame.empty:
+        frame = frame[[c for c in CHECK_COLUMNS if c in frame.columns] + [c for c in frame if c not in CHECK_COLUMNS]]
+    summary = []
+    for budget in groups.budgets:
+        for finding in findings:
+            verdicts = [r["verdict"] for r in checks if r["finding"] == finding.key and r["budget"] == budget]
+            kind, text = overall(verdicts)
+            summary.append(
+                {
+                    "finding": finding.key,
+                    "budget": budget,
+                    "claim": finding.claim,
+                    "source": finding.source,
+                    "verdict": text,
+                    "kind": kind,
+                    "checks": len(verdicts),
+                    "ran": sum(v in ("supported", "contradicted", "inconclusive") for v in verdicts),
+                    **{v: verdicts.count(v) for v in CHECK_VERDICTS},
+                }
+            )
+    return Findings(pd.DataFrame(summary), frame)
 
 
 # -- Markdown --------------------------------------------------------------------------------
@@ -489,28 +571,25 @@ def _digits(metric: str) -> int:
 
 
 def _numbers(row: pd.Series) -> str:
-    if row["verdict"] == "missing" and pd.isna(row.get("mean A")):
-        return row.get("reason", "")
-    if row.get("metric") == "val/loss" and pd.isna(row.get("mean B")):  # overfitting check
-        return row["basis"]
+    if pd.isna(row.get("mean A")) or row.get("method") == "each run's history":
+        return str(row.get("reason", ""))
     d = _digits(row["metric"])
 
     def side(s: str) -> str:
         spread = f" ± {row[f'std {s}']:.{d}f}" if pd.notna(row.get(f"std {s}")) else ""
         return f"{s} {row[f'mean {s}']:.{d}f}{spread} (n={int(row[f'n {s}'])})"
 
-    interval = "95% CI" if row["method"] == "welch" else "interval"
-    text = (
-        f"{side('A')} vs {side('B')}: "
-        f"diff {row['diff']:+.{d}f}, {interval} [{row['ci low']:+.{d}f}, {row['ci high']:+.{d}f}]"
-    )
-    if row["method"] == "welch":
-        text += f" (Welch, p={row['p']:.3g})"
-    else:
-        text += (
-            f" = diff -+ {K_STATED:g} x {row['sigma']:.4g} x sqrt(1/nA + 1/nB) "
-            f"(one run on a side; spread {row['basis']})"
+    text = f"{side('A')} vs {side('B')}"
+    if pd.notna(row.get("diff")):
+        how = (
+            f"paired t over seeds {row['paired seeds']}" if row["method"] == "paired t" else "Welch, independent sides"
         )
+        text += (
+            f": diff {row['diff']:+.{d}f}, 95% CI [{row['ci low']:+.{d}f}, {row['ci high']:+.{d}f}] ({how}; "
+            f"p {row['p']:.3g} at {row['boundary']:+.{d}g}, Holm-adjusted p {row['p adjusted']:.3g})"
+        )
+    else:
+        text += f": {row['reason']}"
     if pd.notna(row.get("margin")):
         text += f"; margin {row['margin']:.{d}f}"
     return text
@@ -523,36 +602,38 @@ def _side(row: pd.Series, side: str) -> str:
 
 
 def to_markdown(result: Findings) -> str:
-    """The Findings section: a verdict per finding, then each check with its numbers and runs."""
+    """The Findings section, one part per budget: a verdict per finding, then each check with its
+    numbers and runs."""
     lines = [
-        "| Finding (study) | Verdict | Checks: supported / contradicted / inconclusive / missing |",
-        "| --- | --- | --- |",
+        "Paired t-test over shared seeds (>= 2), else Welch (>= 2 runs a side), else not tested (n=1); "
+        f"Holm-adjusted p < {ALPHA:g} across all the checks below decides; timings only between runs measured "
+        "alone on one kind of device (rules: `docs/findings.md`).",
+        "",
     ]
-    for _, f in result.summary.iterrows():
-        counts = " / ".join(str(int(f[v])) for v in VERDICTS)
-        lines.append(f"| {f['claim']} ({f['source']}) | **{f['verdict']}** | {counts} |")
-    lines.append("")
-    for _, f in result.summary.iterrows():
-        lines += [f"### {f['claim']}: {f['verdict']}", ""]
-        rows = result.checks[result.checks["finding"] == f["finding"]] if not result.checks.empty else []
-        for _, row in rows.iterrows() if len(rows) else []:
-            setting = f" [{row['setting']}]" if isinstance(row.get("setting"), str) else ""
-            lines.append(f"- **{row['verdict']}**: {row['check']}{setting}. {_numbers(row)}")
-            if isinstance(row.get("runs A"), str):
-                used = f"A = {_side(row, 'A')}"
-                if isinstance(row.get("runs B"), str):
-                    used += f"; B = {_side(row, 'B')}"
-                lines.append(f"  - runs (without seed=N; paths in findings.csv): {used}")
-        lines.append("")
-    if not result.spreads.empty:
+    for budget, summary in result.summary.groupby("budget", sort=False):
         lines += [
-            "Run-to-run spread stated for comparisons with a single run on a side "
-            f"(one run supports or contradicts only beyond {K_STATED:g} standard deviations):",
+            f"### Budget: {budget}",
             "",
-            "| task | metric | setting | std of one run | source |",
-            "| --- | --- | --- | --- | --- |",
+            f"Runs of budget `{budget}` only (`budget.name` in their config.yaml; none: `{DEFAULT_BUDGET}`).",
+            "",
+            "| Finding (study) | Verdict | Checks: supported / contradicted / inconclusive / not tested / missing |",
+            "| --- | --- | --- |",
         ]
-        for _, s in result.spreads.iterrows():
-            lines.append(f"| {s['task']} | {s['metric']} | {s['setting']} | {s['sigma']:.4g} | {s['source']} |")
+        for _, f in summary.iterrows():
+            counts = " / ".join(str(int(f[v])) for v in CHECK_VERDICTS)
+            lines.append(f"| {f['claim']} ({f['source']}) | **{f['verdict']}** | {counts} |")
         lines.append("")
+        checks = result.checks[result.checks["budget"] == budget] if not result.checks.empty else result.checks
+        for _, f in summary.iterrows():
+            lines += [f"#### {f['claim']} [{budget}]: {f['verdict']}", ""]
+            rows = checks[checks["finding"] == f["finding"]] if not checks.empty else checks
+            for _, row in rows.iterrows():
+                setting = f" [{row['setting']}]" if isinstance(row.get("setting"), str) else ""
+                lines.append(f"- **{row['verdict']}**: {row['check']}{setting}. {_numbers(row)}")
+                if isinstance(row.get("runs A"), str):
+                    used = f"A = {_side(row, 'A')}"
+                    if isinstance(row.get("runs B"), str):
+                        used += f"; B = {_side(row, 'B')}"
+                    lines.append(f"  - runs (without seed=N; paths in findings.csv): {used}")
+            lines.append("")
     return "\n".join(lines)

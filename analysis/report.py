@@ -6,8 +6,9 @@
 Output: ``table{1,2,3}.md`` and ``.csv`` (the study's columns, one row per configuration: mean
 ± std over its seeds with n, the CSV adding the 95% interval, the published numbers and the
 difference beside ours), ``figure{1..6}.png`` (those with runs; mean curves with ± 1 std bands),
-``<task>_all_*.png``, ``findings.md`` / ``findings.csv`` (each finding of the study checked:
-supported, contradicted, inconclusive or missing, with the numbers and runs behind it),
+``<task>_all_*.png``, ``findings.md`` / ``findings.csv`` (one row per check: sides, n, seeds,
+means, difference, interval, test, p, Holm-adjusted p, verdict, reason) / ``findings_summary.csv``
+(one row per finding and budget: supported, partly tested, mixed, contradicted, ...),
 ``lr_grid.md`` / ``lr_grid.csv`` / ``lr_grid_points.csv`` (optimizers at their best learning rate,
 where the runs hold learning-rate grids), ``runs.csv`` (every run found, with its status) and
 ``README.md`` tying them together. Runs still running, failed, or without ``metrics.json`` (and
@@ -87,11 +88,22 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
         (out / f"{name}.md").write_text(f"## {TITLES[name]}\n\n{to_markdown(table)}")
         files += [out / f"{name}.csv", out / f"{name}.md"]
     report.findings.checks.to_csv(out / "findings.csv", index=False)
+    report.findings.summary.to_csv(out / "findings_summary.csv", index=False)
     (out / "findings.md").write_text(f"## Findings\n\n{findings_md.to_markdown(report.findings)}")
     report.lr_grids.best.to_csv(out / "lr_grid.csv", index=False)
     report.lr_grids.points.to_csv(out / "lr_grid_points.csv", index=False)
     (out / "lr_grid.md").write_text(f"## {LR_TITLE}\n\n{lrgrid_md.to_markdown(report.lr_grids)}")
-    files += [out / n for n in ("findings.csv", "findings.md", "lr_grid.csv", "lr_grid_points.csv", "lr_grid.md")]
+    files += [
+        out / n
+        for n in (
+            "findings.csv",
+            "findings_summary.csv",
+            "findings.md",
+            "lr_grid.csv",
+            "lr_grid_points.csv",
+            "lr_grid.md",
+        )
+    ]
     figures = make_figures(report.runs, report.curves)
     files += save_figures(figures, out)
     report.runs.to_csv(out / "runs.csv", index=False)
@@ -125,10 +137,10 @@ def _index(report: Report, files: list[Path], paths: list[Path]) -> str:
     lines += [
         "## Findings",
         "",
-        "Each finding of the study against the runs present (rules: `analysis/findings.py`).",
+        "Each finding of the study against the runs present (rules: `docs/findings.md`).",
         "",
         findings_md.to_markdown(report.findings),
-        "CSV: `findings.csv`",
+        "CSV: `findings.csv` (one row per check), `findings_summary.csv` (one row per finding and budget)",
         "",
     ]
     lines += [

@@ -27,6 +27,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from analysis.study import OPTIMIZER_NAMES, match_study_config
+from analysis.timing import measurement
 
 RUN_MARKERS = ("metrics.json", ".hydra/config.yaml", "config.yaml")
 EVENT_GLOB = "events.out.tfevents.*"
@@ -225,8 +226,8 @@ def describe_run(run: Path) -> dict[str, Any]:
     norm = _get(config, "model.norm")
     max_epochs = _get(config, "trainer.max_epochs")
     study_config = experiment.get("study_config") or config.get("study_config")
-    if not study_config and task and optimizer:
-        study_config = match_study_config(task, optimizer, num_layers, norm, max_epochs, _get(config, "optimizer.lr"))
+    if not study_config and config:
+        study_config = match_study_config(config)
     label = experiment.get("label") or config.get("label") or _default_label(task, optimizer, num_layers, norm, run)
     seed = (summary or {}).get("seed", config.get("seed"))
     record: dict[str, Any] = {
@@ -243,6 +244,7 @@ def describe_run(run: Path) -> dict[str, Any]:
         "norm": norm,
         "max_epochs": max_epochs,
         "seed": seed,
+        "budget": budget_name(config),
         "lr": effective_lr(config),
         "train_subset": _get(config, "data.train_subset"),
         "limit_train_batches": _get(config, "trainer.limit_train_batches"),
@@ -256,6 +258,7 @@ def describe_run(run: Path) -> dict[str, Any]:
         "train_seconds": (summary or {}).get("train_seconds"),
         "peak_memory_mb": (summary or {}).get("peak_memory_mb"),
         "peak_rss_mb": (summary or {}).get("peak_rss_mb"),
+        **measurement((summary or {}).get("history") or []),
         "params": _get(summary or {}, "params.learnable"),
         "error": _get(summary or {}, "error.message"),
         "has_events": any((run / "tensorboard").glob(EVENT_GLOB))
@@ -268,6 +271,12 @@ def describe_run(run: Path) -> dict[str, Any]:
     for key, value in ((summary or {}).get("best") or {}).items():
         record[f"best:{key}"] = value
     return record
+
+
+def budget_name(config: dict) -> str:
+    """The run's budget (``budget.name`` of its config: ``full``, ``cpu``, ...); ``full`` when absent."""
+    name = _get(config, "budget.name")
+    return str(name) if name else "full"
 
 
 def _default_label(task, optimizer, num_layers, norm, run: Path) -> str:

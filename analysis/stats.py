@@ -1,9 +1,12 @@
 """Uncertainty over seeds: mean, sample standard deviation and a Student-t interval of one
-configuration's runs, and the difference of two configurations (Welch's t-test).
+configuration's runs, and the difference of two configurations.
 
-Every interval here is two-sided at ``level`` (95% by default). A configuration with one run has
-no spread of its own: its std and interval are NaN, and :func:`compare` then falls back on a
-run-to-run spread stated by the caller (see ``analysis.findings``).
+Every interval here is two-sided at ``level`` (95% by default). :func:`compare` picks the test
+(``docs/findings.md``): the paired t-test on the per-seed differences when both sides share >= 2
+seeds (configurations run with one seed share its split, initialisation and data order), else
+Welch's t-test when each side has >= 2 runs, else nothing: a side with a single run has no spread
+of its own and is not tested (no assumed or borrowed spread, nothing pooled across configurations).
+:func:`holm` adjusts the p-values of a family of checks (Holm 1979).
 """
 
 from __future__ import annotations
@@ -64,10 +67,22 @@ class Difference:
     diff: float
     ci_low: float
     ci_high: float
-    method: str  # "welch" (both sides have >= 2 runs) or "stated spread" (a side has one run)
+    method: str  # "paired t" (shared seeds), "welch" (independent sides)
     t: float = math.nan
     df: float = math.nan
-    p: float = math.nan  # two-sided p-value of Welch's t-test
+    p: float = math.nan  # two-sided p-value of H0: difference == 0
+    se: float = math.nan  # standard error of ``diff``
+    n: int = 0  # pairs (paired t); 0 for Welch
+
+    def p_at(self, boundary: float) -> float:
+        """Two-sided p-value of H0: difference == ``boundary`` (same test, shifted null)."""
+        return _p_value(self.diff - boundary, self.se, self.df)
+
+
+def _p_value(shift: float, se: float, df: float) -> float:
+    if se == 0:
+        return 0.0 if shift else 1.0
+    return float(2 * _st.t.sf(abs(shift / se), df))
 
 
 def welch(a: Summary, b: Summary, level: float = LEVEL) -> Difference:
@@ -79,27 +94,61 @@ def welch(a: Summary, b: Summary, level: float = LEVEL) -> Difference:
     va, vb = a.std**2 / a.n, b.std**2 / b.n
     se = math.sqrt(va + vb)
     if se == 0:
-        return Difference(diff, diff, diff, "welch", math.inf if diff else 0.0, math.nan, 0.0 if diff else 1.0)
+        return Difference(diff, diff, diff, "welch", math.inf if diff else 0.0, math.nan, 0.0 if diff else 1.0, 0.0)
     df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
     t = diff / se
     half = t_quantile(df, level) * se
-    p = float(2 * _st.t.sf(abs(t), df))
-    return Difference(diff, diff - half, diff + half, "welch", t, df, p)
+    return Difference(diff, diff - half, diff + half, "welch", t, df, _p_value(diff, se, df), se)
 
 
-def stated_spread(a: Summary, b: Summary, sigma: float, k: float) -> Difference:
-    """``mean(a) - mean(b)`` -+ ``k`` standard deviations of that difference, taking ``sigma`` as
-    the run-to-run spread of one run: for sides with too few runs to measure their own."""
-    diff = a.mean - b.mean
-    half = k * sigma * math.sqrt(1 / a.n + 1 / b.n)
-    return Difference(diff, diff - half, diff + half, "stated spread")
+def paired(a: Iterable[float], b: Iterable[float], level: float = LEVEL) -> Difference:
+    """Paired t-test on the differences ``a[i] - b[i]`` (one pair per shared seed, n >= 2):
+    mean difference -+ t(n-1) * sd / sqrt(n)."""
+    d = np.asarray(list(a), dtype=float) - np.asarray(list(b), dtype=float)
+    n = int(d.size)
+    if n < 2:
+        raise ValueError("the paired t-test needs at least two shared seeds")
+    diff, sd = float(d.mean()), float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    if se == 0:
+        return Difference(diff, diff, diff, "paired t", math.inf if diff else 0.0, n - 1, 0.0 if diff else 1.0, 0.0, n)
+    half = t_quantile(n - 1, level) * se
+    return Difference(diff, diff - half, diff + half, "paired t", diff / se, n - 1, _p_value(diff, se, n - 1), se, n)
 
 
-def pooled_std(summaries: Iterable[Summary]) -> tuple[float, int]:
-    """Pooled sample std over configurations with >= 2 runs: sqrt(sum((n-1) s^2) / sum(n-1)),
-    and how many configurations it pooled."""
-    usable = [s for s in summaries if s.n >= 2 and math.isfinite(s.std)]
-    dof = sum(s.n - 1 for s in usable)
-    if not dof:
-        return math.nan, 0
-    return math.sqrt(sum((s.n - 1) * s.std**2 for s in usable) / dof), len(usable)
+@dataclass(frozen=True)
+class Sides:
+    """The outcome of :func:`compare`: the test that ran (``difference``), or why none did."""
+
+    a: Summary
+    b: Summary
+    difference: Difference | None
+    reason: str = ""  # why not tested
+    shared_seeds: tuple = ()
+
+
+def compare(a: dict, b: dict, level: float = LEVEL) -> Sides:
+    """``a`` vs ``b``, each ``{seed: value}``: paired t over the shared seeds when there are >= 2
+    of them, else Welch with >= 2 runs per side, else not tested (a side with a single run)."""
+    sa, sb = summarize(a.values()), summarize(b.values())
+    shared = tuple(s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s]))
+    if len(shared) >= 2:
+        return Sides(sa, sb, paired([a[s] for s in shared], [b[s] for s in shared], level), shared_seeds=shared)
+    if sa.n >= 2 and sb.n >= 2:
+        return Sides(sa, sb, welch(sa, sb, level))
+    ones = [name for name, s in (("A", sa), ("B", sb)) if s.n < 2]
+    return Sides(sa, sb, None, f"not tested (n=1): side {' and '.join(ones)} has a single run, no spread to test with")
+
+
+def holm(pvalues: Iterable[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN entries stay NaN and are not counted):
+    sort the m p-values, p_(i) -> max over j <= i of min(1, (m - j + 1) p_(j))."""
+    p = list(pvalues)
+    idx = sorted((i for i, x in enumerate(p) if x is not None and math.isfinite(x)), key=lambda i: p[i])
+    m = len(idx)
+    out = [math.nan] * len(p)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out

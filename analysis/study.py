@@ -1,15 +1,19 @@
 """The study's configurations and published numbers (IFT6135 2022 A2; see ``STUDY.md``).
 
 Each row is keyed by ``study_config`` (``"table1/3"``, ``"table2/6"``, ``"table2/6@50"``), the value
-the presets in ``conf/experiment/`` record in ``metrics.json``. A run without a preset matches a
-row when its task, optimizer, depth, norm placement and epochs are the study's.
+the presets in ``conf/experiment/`` record in ``metrics.json``. A run without ``study_config`` is
+matched by content (:func:`match_study_config`): it is a row of the study when its resolved config
+equals that row's preset on the row's axes, whichever overrides produced it.
 """
 
 from __future__ import annotations
 
-import math
+from functools import cache
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "momentum": "Momentum"}
 STUDY_LR = {"lstm": 1e-3, "vit": 3e-4}  # one learning rate for every optimizer of a table
@@ -161,19 +165,108 @@ def config_label(study_config: str) -> str:
     return f"{number} ({epochs} epochs)" if epochs else number
 
 
-def match_study_config(task, optimizer, num_layers, norm, max_epochs, lr=None) -> str | None:
-    """The study row a plain run reproduces exactly (same task, optimizer, depth, norm, epochs and,
-    when given, learning rate: a point of a learning-rate grid is the study's row only at its lr)."""
-    if lr is not None and task in STUDY_LR and not math.isclose(float(lr), STUDY_LR[task], rel_tol=1e-9):
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# the presets of the study's rows: conf/experiment/table*.yaml and extra/table*.yaml
+PRESET_GLOBS = ("table*.yaml", "extra/table*.yaml")
+# what defines a study row (every key below these, resolved), less what is not configuration
+# (analysis.runs.NOT_CONFIGURATION: seed, paths, workers, ...), the setting axes and speed options below
+ROW_AXES = ("task", "model", "optimizer", "scheduler", "data")
+# the budget and data files a row is run at (epochs, training subset, batches, which token files):
+# part of a run's *setting*, compared between runs (never runs of two settings in one check), not
+# against the preset, as for a preset run at a reduced budget or offline data; epochs pick between
+# rows otherwise equal (table2/6 vs table2/6@50)
+SETTING_AXES = (
+    "trainer.max_epochs",
+    "data.train_subset",
+    "data.train_file",
+    "data.val_file",
+    "data.test_file",
+    "trainer.limit_train_batches",
+    "trainer.limit_val_batches",
+)
+
+# how a run computes, not what it computes (the same model and data distribution: README, speed
+# options): a run with these changed is still the study's row
+SPEED_ONLY = ("model.compile", "model.compile_mode", "model.attention", "data.device_augment")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(_flat(value, name) if isinstance(value, dict) and value else {name: value})
+    return out
+
+
+def row_axes(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config's values on the axes that define a study row (flat, dotted keys)."""
+    from analysis.runs import NOT_CONFIGURATION  # runs imports this module
+
+    def under(key: str, prefixes) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+    return {
+        k: v
+        for k, v in _flat({k: config.get(k) for k in ROW_AXES if k in config}).items()
+        if not under(k, NOT_CONFIGURATION) and not under(k, SETTING_AXES) and not under(k, SPEED_ONLY)
+    }
+
+
+@cache
+def preset_settings() -> dict[str, dict[str, Any]]:
+    """Every study row's preset composed with Hydra (``experiment=<preset>``), resolved:
+    ``{study_config: {"axes": row_axes(...), "max_epochs": ...}}``."""
+    from hydra import compose, initialize_config_dir
+
+    import lmvit.resolvers  # noqa: F401  (the ${lmvit.*} resolvers of conf/hydra)
+
+    presets = sorted(p for g in PRESET_GLOBS for p in (CONF_DIR / "experiment").glob(g))
+    out: dict[str, dict[str, Any]] = {}
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for path in presets:
+            name = path.relative_to(CONF_DIR / "experiment").with_suffix("").as_posix()
+            cfg = compose("train", overrides=[f"experiment={name}"])
+            key = cfg.get("study_config")
+            if not key:
+                continue
+            raw = {
+                k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in ROW_AXES
+                if k in cfg
+            }
+            # resolve only the kept keys (paths and the like may need Hydra's runtime)
+            axes = {k: OmegaConf.select(cfg, k) for k in row_axes(raw)}
+            out[str(key)] = {
+                "axes": {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in axes.items()},
+                "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
+            }
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-9 * max(abs(float(a)), abs(float(b)), 1e-30)
+    return a == b
+
+
+def match_study_config(config: dict[str, Any]) -> str | None:
+    """The study row a run's resolved ``config`` (its ``config.yaml``) is, by content: its values on
+    :data:`ROW_AXES` equal the row's preset's (keys only one side has, from another version of the
+    code, are not compared). Among equal rows the one trained for the run's epochs, else the study's main one
+    (``table2/6``, not ``table2/6@50``)."""
+    mine = row_axes(config)
+    if not mine.get("task"):
         return None
-    study = study_rows()
-    for key, row in study.iterrows():
-        if (
-            row["task"] == task
-            and row["optimizer"] == optimizer
-            and row["num_layers"] == num_layers
-            and (row["task"] != "vit" or row["norm"] == norm)
-            and row["max_epochs"] == max_epochs
-        ):
-            return str(key)
-    return None
+    equal = []
+    for key, preset in preset_settings().items():
+        theirs = preset["axes"]
+        shared = set(mine) & set(theirs)
+        if "task" in shared and all(_same(mine[k], theirs[k]) for k in shared):
+            equal.append((key, preset["max_epochs"]))
+    if not equal:
+        return None
+    epochs = (config.get("trainer") or {}).get("max_epochs")
+    first = next((k for k, _ in equal if "@" not in k), equal[0][0])
+    return next((k for k, e in equal if e == epochs), first)

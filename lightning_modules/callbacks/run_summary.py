@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
+from lightning_modules.callbacks.timing import load_1m, machine_state
 from lmvit.errors import DivergenceError
 from lmvit.io import atomic_write_json
 
@@ -93,12 +94,17 @@ class RunSummary(pl.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics({f"params/{k}": v for k, v in self.summary["params"].items()}, step=0)
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._load_at_start = load_1m()
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         metrics = _scalars(trainer.callback_metrics)
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         row.update({k: v for k, v in metrics.items() if not k.endswith("_step")})
+        # the machine's load while the epoch ran: timings are compared only between runs measured alone
+        row.update(machine_state(getattr(self, "_load_at_start", None)))
         # resumed runs re-enter an epoch: keep one row per epoch
         self.history[:] = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
         self.summary["epochs"] = trainer.current_epoch + 1

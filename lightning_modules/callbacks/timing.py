@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
+import socket
 import sys
 import time
+from functools import cache
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +24,60 @@ def peak_gpu_mb() -> float | None:
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
     return torch.cuda.max_memory_allocated() / 2**20
+
+
+def load_1m() -> float | None:
+    """The machine's 1-minute load average (runnable processes, all users), None where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name() -> str:
+    """What trains: the CUDA device's name when CUDA is in use, else the CPU model."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.get_device_name()
+    return cpu_model()
+
+
+def machine_state(load_at_start: float | None = None) -> dict[str, float | str | None]:
+    """The machine an epoch ran on, for ``metrics.json``'s history (``analysis/timing.py`` decides
+    from it whether the epoch's time was measured alone): ``time/load_1m`` (the 1-minute load
+    average, mean of the samples at the epoch's start and end), ``time/cores`` (the machine's
+    cores: the load average counts all of them), ``time/cpus`` (those this process may use),
+    ``time/device``, ``time/host`` and ``time/end_unix`` (when the epoch ended). Under ``time/``:
+    the context of the epoch's time, left out wherever timings are (tests comparing two runs)."""
+    end = load_1m()
+    samples = [x for x in (load_at_start, end) if x is not None]
+    return {
+        "time/load_1m": sum(samples) / len(samples) if samples else None,
+        "time/cores": os.cpu_count(),
+        "time/cpus": usable_cpus(),
+        "time/device": device_name(),
+        "time/host": socket.gethostname(),
+        "time/end_unix": time.time(),
+    }
 
 
 class EpochTimer(pl.Callback):
