@@ -94,6 +94,7 @@ def run_summary(cfg: DictConfig) -> RunSummary:
         monitor=cfg.monitor.metric,
         mode=cfg.monitor.mode,
         seed=cfg.get("seed"),
+        budget=(cfg.get("budget") or {}).get("name", "full"),
         overrides=overrides,
         # which preset and which row of the study it reproduces (the report matches on it)
         experiment={
