@@ -3,7 +3,7 @@
     python eval.py run=logs/vit/runs/<date_time>                      # best checkpoint, test split
     python eval.py run=logs/vit/runs/<date_time> ckpt=last split=val
     python eval.py run=logs/lstm/runs/<date_time> data.test_file=/path/to/other.tokens
-    python eval.py run=logs/vit/multiruns/<date_time>                 # every completed run: one CSV
+    python eval.py run=logs/multiruns/<date_time>                 # every completed run: one CSV
 
 The run's saved ``config.yaml`` gives the model and the data (``data.*`` / ``trainer.*`` overrides
 change them for this evaluation only). One run prints a table and writes

@@ -20,14 +20,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import lmvit.resolvers  # noqa: F401  (registers the ${lmvit.*} resolvers of conf/hydra)
 from lightning_modules.callbacks import RunSummary
 from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
+from lightning_modules.callbacks.stop import StopCheckpoint
 from lmvit.cli import ErrorPolicy, allow_null_groups, quiet_libraries
 from lmvit.config import print_config, reference_config, run_hparams, validate
 from lmvit.distributed import check_ddp_launch
-from lmvit.resume import resume_config, run_identity
+from lmvit.resume import nothing_left, previous_metrics, resume_config, run_identity, sweep_job_plan
 
 log = logging.getLogger("train")
 
@@ -46,9 +48,15 @@ def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]  # ~logger: none
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     check_ddp_launch(trainer)
+    stop = next((c for c in callbacks if isinstance(c, StopCheckpoint)), None)
+    if stop is not None:  # what a run stopped by SIGTERM / Ctrl-C prints to continue
+        stop.resume_hint = resume_command(cfg)
     for logger in loggers:  # HParams tab: the run shows with its hyperparameters from the start
         logger.log_hyperparams(run_hparams(cfg, choices))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except SIGTERMException:  # stopped: checkpoint saved, metrics.json says interrupted
+        raise SystemExit(stop.exit_code if stop is not None else 143) from None
     if summary.summary["status"] != "completed":  # fit stopped early (e.g. Ctrl-C)
         return None
     if cfg.test:
@@ -69,14 +77,47 @@ def hparam_metrics(summary: dict) -> dict[str, float]:
     return {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, float)}
 
 
+def resume_command(cfg: DictConfig) -> str:
+    """The command that continues this run (or its sweep) after a stop."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"the same command with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+    return f"python train.py resume={cfg.paths.output_dir}"
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    with ErrorPolicy(multirun=hydra_cfg.mode == RunMode.MULTIRUN) as policy:
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    with ErrorPolicy(multirun=multirun) as policy:
         policy.output_dir = Path(hydra_cfg.runtime.output_dir)  # removed if the run is refused
+        if multirun and not cfg.resume:  # a rerun sweep: each job continues what it finds in its directory
+            job_dir = Path(hydra_cfg.runtime.output_dir)
+            plan = sweep_job_plan(job_dir, bool(cfg.rerun_failed))
+            if plan == "skip":
+                done = previous_metrics(job_dir)
+                log.info(
+                    "Skipped %s: %s in an earlier session of this sweep%s",
+                    job_dir.name,
+                    done.get("status"),
+                    "" if done.get("status") == "completed" else " (rerun_failed=true runs it again)",
+                )
+                return (done.get("best") or {}).get(cfg.monitor.metric)
+            if plan == "resume":
+                log.info("Resuming %s from its last checkpoint", job_dir.name)
+                cfg.resume = str(job_dir)
+        previous = {}
         if cfg.resume:
-            cfg = resume_config(cfg, list(hydra_cfg.overrides.task))
-        summary = run_summary(cfg)
+            cfg = resume_config(cfg, [] if multirun else list(hydra_cfg.overrides.task))
+            previous = previous_metrics(Path(cfg.resume))
+            if nothing_left(cfg, previous):
+                log.info(
+                    "Nothing to do: %s completed its %d epochs (raise trainer.max_epochs to train longer)",
+                    cfg.resume,
+                    previous.get("epochs", 0),
+                )
+                return (previous.get("best") or {}).get(cfg.monitor.metric)
+        summary = run_summary(cfg, previous)
         policy.on_error = summary.fail  # a job that fails, even on a bad setting, says so in metrics.json
         reference = (
             None if cfg.resume else reference_config(list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
@@ -86,9 +127,11 @@ def main(cfg: DictConfig) -> float | None:
     return None  # a multirun job that failed (recorded; the sweep goes on)
 
 
-def run_summary(cfg: DictConfig) -> RunSummary:
+def run_summary(cfg: DictConfig, previous: dict | None = None) -> RunSummary:
+    """The run's ``metrics.json`` writer; ``previous``: what an earlier session of a resumed run wrote."""
     overrides, choices = run_identity(cfg)
     return RunSummary(
+        previous=previous,
         path=str(Path(cfg.paths.output_dir) / "metrics.json"),
         task=str(cfg.get("task")),
         monitor=cfg.monitor.metric,

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if not found:
         print(
             f"error: no runs in {', '.join(args.paths)}: pass a folder written by train.py (a run, a sweep "
-            "such as logs/vit/multiruns/<date_time>, or a log folder holding them)",
+            "such as logs/multiruns/<date_time>, or a log folder holding them)",
             file=sys.stderr,
         )
         return 2

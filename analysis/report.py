@@ -1,7 +1,7 @@
 """Write the report of a sweep (or any set of runs): tables, figures and the list of runs.
 
-    python -m analysis logs/vit/multiruns/2026-11-29_10-00-00        # -> <that dir>/report/
-    python -m analysis logs/lstm/multiruns/A logs/vit/multiruns/B --out report/
+    python -m analysis logs/multiruns/2026-11-29_10-00-00        # -> <that dir>/report/
+    python -m analysis logs/multiruns/A logs/multiruns/B --out report/
 
 Output: ``table{1,2,3}.md`` and ``.csv`` (the study's columns, one row per configuration: mean
 ± std over its seeds with n, the CSV adding the 95% interval, the published numbers and the

@@ -80,7 +80,7 @@ def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         if not root.exists():
             raise FileNotFoundError(
                 f"Run or sweep directory {root} does not exist: pass a folder written by train.py "
-                "(e.g. logs/vit/multiruns/<date_time>) or a log folder holding such runs"
+                "(e.g. logs/multiruns/<date_time>) or a log folder holding such runs"
             )
         for marker in ("metrics.json", "config.yaml"):
             for file in root.rglob(marker):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import torch
@@ -117,6 +118,12 @@ class ResumableLoader(DataLoader):
             self._resumable.resume_from(state["epoch"], state["batches"] * self.batch_size)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker ignores SIGINT and SIGTERM: the training process decides when it stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(
     dataset,
     *,
@@ -135,6 +142,9 @@ def make_loader(
         batch_size=batch_size,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        # SIGTERM/Ctrl-C reach the whole process group: the training process saves a checkpoint
+        # and stops the workers itself (lightning_modules/callbacks/stop.py)
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
         pin_memory=pin_memory and torch.cuda.is_available(),
         **loader_kwargs,  # e.g. collate_fn
     )

@@ -8,7 +8,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError
-from lmvit.runs import check_checkpoint
+from lmvit.runs import check_checkpoint, load_metrics
+
+# what a rerun sweep does with a job it finds in its directory, by the job's metrics.json status
+FINISHED = ("completed",)  # skipped
+FAILED = ("failed", "diverged")  # skipped, or started again with rerun_failed=true
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -59,5 +63,41 @@ def run_identity(cfg: DictConfig) -> tuple[list[str], dict[str, str]]:
             hydra_cfg = OmegaConf.load(saved).hydra
         else:
             return [], {}
-    choices = {str(k): v for k, v in hydra_cfg.runtime.choices.items()}
-    return list(hydra_cfg.overrides.task), choices
+    # unresolved: an override may hold an interpolation (e.g. +callbacks.x.seed=${seed})
+    choices = OmegaConf.to_container(hydra_cfg.runtime.choices, resolve=False)
+    overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    return [str(o) for o in overrides], {str(k): v for k, v in choices.items()}
+
+
+def previous_metrics(run_dir: Path) -> dict:
+    """The ``metrics.json`` an earlier session of the run wrote ({} when none is readable)."""
+    try:
+        return load_metrics(Path(run_dir))
+    except (OSError, ValueError):
+        return {}
+
+
+def sweep_job_plan(job_dir: Path, rerun_failed: bool) -> str:
+    """What a job of a rerun sweep does with what it finds in its own directory:
+
+    ``skip`` (it completed, or it failed and ``rerun_failed`` is false), ``resume`` (it was killed or
+    stopped: its ``last.ckpt`` continues it exactly as ``resume=`` does) or ``new`` (nothing to
+    continue from, or a failed job asked to run again). Job directories are named by their overrides
+    (``hydra.job.override_dirname``), so a job always finds its own earlier session."""
+    status = previous_metrics(job_dir).get("status")
+    if status in FINISHED or (status in FAILED and not rerun_failed):
+        return "skip"
+    resumable = (job_dir / "checkpoints" / "last.ckpt").is_file() and (job_dir / "config.yaml").is_file()
+    if status not in FAILED and resumable:
+        return "resume"
+    return "new"
+
+
+def nothing_left(cfg: DictConfig, previous: dict) -> bool:
+    """A resumed run that already completed the epochs (and steps) it is asked for."""
+    if previous.get("status") != "completed":
+        return False
+    max_steps = cfg.trainer.get("max_steps", -1)
+    steps_done = (previous.get("history") or [{}])[-1].get("step", 0)
+    epochs_done = previous.get("epochs", 0) >= (cfg.trainer.max_epochs or 0)
+    return epochs_done and (max_steps in (-1, None) or steps_done >= max_steps)

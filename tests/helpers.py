@@ -102,11 +102,26 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
 
 class KillAtStep(pl.Callback):
     """SIGKILLs its own process after training step ``step`` (before that step's checkpoint:
-    Lightning runs checkpoint callbacks last), like a node dying mid-epoch."""
+    Lightning runs checkpoint callbacks last), like a node dying mid-epoch.
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    ``step=None`` reads ``LMVIT_KILL_AT`` (``"<seed>:<step>"``, ``"any:<step>"``; unset: never), so a
+    sweep can be killed in one job and rerun with the very same overrides; ``seed`` is the job's
+    (``+callbacks.kill.seed=${seed}``). ``sig="SIGTERM"`` sends SIGTERM to the whole process group
+    instead, as a scheduler or a container stop does (the loader workers get it too)."""
+
+    def __init__(self, step: int | None = None, seed: int | None = None, sig: str = "SIGKILL") -> None:
+        self.step, self.seed, self.sig = step, seed, sig
+
+    def _target(self) -> int | None:
+        if self.step is not None:
+            return self.step
+        which, _, step = os.environ.get("LMVIT_KILL_AT", "").partition(":")
+        return int(step) if step and which in ("any", str(self.seed)) else None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step != self._target():
+            return
+        if self.sig == "SIGKILL":
             os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            os.killpg(os.getpgrp(), getattr(signal, self.sig))

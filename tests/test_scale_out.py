@@ -129,7 +129,7 @@ def test_uneven_evaluation_shards_warn_with_the_fix():
 
 # -- sweeps -----------------------------------------------------------------------------------------
 def _sweep_runs(log_dir: Path, jobs: int) -> list[Path]:
-    sweeps = list((log_dir / "debug" / "vit" / "multiruns").iterdir())
+    sweeps = list((log_dir / "debug" / "multiruns").iterdir())
     assert len(sweeps) == 1, sweeps  # all jobs of the sweep share one sweep dir
     runs = find_runs(sweeps[0])
     assert len(runs) == jobs, runs
@@ -297,7 +297,7 @@ def test_table_jobs_side_by_side_keep_their_own_dirs_logs_and_caches(tmp_path, d
         data_dir=data_dir,
         env={"XDG_CACHE_HOME": str(tmp_path / "xdg")},
     )
-    (sweep,) = (tmp_path / "logs" / "debug" / "lstm" / "multiruns").iterdir()
+    (sweep,) = (tmp_path / "logs" / "debug" / "multiruns").iterdir()
     runs = sorted(find_runs(sweep), key=lambda r: overrides_of(r)["optimizer"])
     assert [overrides_of(r)["optimizer"] for r in runs] == ["adam", "adamw"] and runs[0] != runs[1]
     pids = set()

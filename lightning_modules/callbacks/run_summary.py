@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
+from lightning_modules.callbacks.stop import is_stop
 from lightning_modules.callbacks.timing import load_1m, machine_state
 from lmvit.errors import DivergenceError
 from lmvit.io import atomic_write_json
@@ -57,6 +58,7 @@ class RunSummary(pl.Callback):
         overrides: list[str] | None = None,
         experiment: dict[str, Any] | None = None,
         budget: str | None = None,
+        previous: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.monitor, self.mode = monitor, mode
@@ -85,8 +87,14 @@ class RunSummary(pl.Callback):
                 "pytorch_lightning": pl.__version__,
             },
             "git_commit": _git_commit(),
+            "pieces": 1,  # the sessions the run was trained in (a resume adds one)
             "history": self.history,
         }
+        if previous:  # a resumed run: keep everything the earlier sessions measured, then append
+            kept = {k: v for k, v in previous.items() if k not in ("status", "error", "history", "versions")}
+            self.summary.update(kept)
+            self.summary["pieces"] = int(previous.get("pieces", 1)) + 1
+            self.history[:] = list(previous.get("history", []))
 
     # -- collection ------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -109,7 +117,15 @@ class RunSummary(pl.Callback):
         row.update(machine_state(getattr(self, "_load_at_start", None)))
         # resumed runs re-enter an epoch: keep one row per epoch
         self.history[:] = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
-        self.summary["epochs"] = trainer.current_epoch + 1
+        self._refresh()
+        self.write()  # every finished epoch is on disk, even if the run is killed later
+
+    def _refresh(self) -> None:
+        """The summary fields, derived from the history (after an epoch, and after a resume)."""
+        if not self.history:
+            return
+        row = max(self.history, key=lambda r: r["epoch"])
+        self.summary["epochs"] = row["epoch"] + 1
         self.summary["final"] = {k: v for k, v in row.items() if k.split("/")[0] in ("train", "val")}
         self.summary["train_seconds"] = row.get("time/train_s", 0.0)
         self.summary["peak_memory_mb"] = row.get("memory/peak_gpu_mb")
@@ -151,8 +167,13 @@ class RunSummary(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         restored = getattr(self, "_restored_history", None)
         if restored is not None:
-            self.history[:] = restored
+            # the checkpoint's rows, and the earlier sessions' rows it predates (a checkpoint taken
+            # at validation end precedes its epoch's row); epochs from the restart on are redone
+            rows = {r["epoch"]: r for r in self.history if r["epoch"] < trainer.current_epoch}
+            rows.update({r["epoch"]: r for r in restored})
+            self.history[:] = [rows[e] for e in sorted(rows)]
             self._restored_history = None
+            self._refresh()
 
     def record(self, key: str, value: Any) -> None:
         """Add (or replace) a top-level entry of ``metrics.json``, written with the next write; for
@@ -167,7 +188,7 @@ class RunSummary(pl.Callback):
         if status is None:
             if isinstance(exception, DivergenceError):
                 status = "diverged"
-            elif isinstance(exception, KeyboardInterrupt):
+            elif is_stop(exception):  # SIGTERM or Ctrl-C: resumable (StopCheckpoint saved last.ckpt)
                 status = "interrupted"
             else:
                 status = "failed"

@@ -87,6 +87,14 @@ class EpochTimer(pl.Callback):
     def __init__(self) -> None:
         self.total = 0.0
         self._start: float | None = None
+        self._carried: float | None = None  # seconds of the current epoch spent before a resume
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a run resumed inside an epoch (or at its end, before on_train_epoch_end) re-enters it
+        # without on_train_epoch_start: that epoch's time is the sum of its pieces, pauses excluded
+        if self._carried is not None:
+            self._start = time.perf_counter() - self._carried
+            self._carried = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
@@ -96,6 +104,7 @@ class EpochTimer(pl.Callback):
             return
         seconds = time.perf_counter() - self._start
         self.total += seconds
+        self._start = None  # between epochs: nothing to carry into a checkpoint
         # under DDP each process measures its own; log the slowest / largest (max over processes)
         sync = {"on_epoch": True, "sync_dist": True, "reduce_fx": "max"}
         pl_module.log("time/epoch_s", seconds, **sync)
@@ -106,7 +115,11 @@ class EpochTimer(pl.Callback):
             pl_module.log("memory/peak_gpu_mb", gpu, **sync)
 
     def state_dict(self) -> dict[str, float]:
-        return {"total": self.total}
+        # a checkpoint is taken inside an epoch (every N steps, or at validation end, before
+        # on_train_epoch_end): it keeps the seconds the epoch has run so far
+        elapsed = 0.0 if self._start is None else time.perf_counter() - self._start
+        return {"total": self.total, "epoch_elapsed": elapsed}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.total = state_dict["total"]
+        self._carried = state_dict.get("epoch_elapsed")

@@ -1,0 +1,137 @@
+"""A stopped or killed run, and an interrupted sweep, keep every number and second they measured.
+
+- SIGTERM to the process group (a scheduler, ``timeout``, a container stop; loader workers
+  included): a checkpoint where the run stands, ``interrupted``, one line with the resume command,
+  exit 143; the resumed run equals an uninterrupted one, its times summed over its pieces.
+- A finished run resumed with nothing to do changes nothing.
+- A sweep SIGKILLed in its second job, rerun with the same command and ``hydra.sweep.dir``: the
+  completed job is untouched, the killed one resumes, every number equals an uninterrupted sweep's.
+- A rerun with other overrides is refused with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, find_runs, load_metrics, run_train
+from tests.test_reliability import SMALL, comparable
+
+pytestmark = pytest.mark.slow
+
+KILL = ["+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.seed=${seed}"]
+STEP = 17  # batch 7 of epoch 2 (10 steps an epoch); the last checkpoint on disk: step 16
+EVERY = ["callbacks.periodic_checkpoint.every_n_train_steps=4"]
+
+
+def assert_times_summed(metrics: dict, pieces: int) -> None:
+    epochs = [row["time/epoch_s"] for row in metrics["history"]]
+    assert len(epochs) == metrics["epochs"] and all(t > 0 for t in epochs)
+    assert metrics["train_seconds"] == pytest.approx(sum(epochs), rel=1e-6)
+    assert metrics["pieces"] == pieces
+
+
+def test_sigterm_saves_where_it_stands_and_the_resumed_run_keeps_every_second(tmp_path, data_dir):
+    run_train(*SMALL, *EVERY, "data.num_workers=0", log_dir=tmp_path / "a", data_dir=data_dir)
+    (reference,) = find_runs(tmp_path / "a")
+
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *SMALL,
+        *EVERY,
+        "data.num_workers=2",
+        *KILL,
+        "+callbacks.kill.sig=SIGTERM",
+        f"paths.log_dir={tmp_path / 'b'}",
+        f"data.data_dir={data_dir}",
+    ]
+    env = {**os.environ, "LMVIT_KILL_AT": f"any:{STEP}", "PYTHONUNBUFFERED": "1"}
+    # its own process group, as under a scheduler: SIGTERM reaches train.py and its loader workers
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, start_new_session=True)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    (run,) = find_runs(tmp_path / "b")
+    stopped = load_metrics(run)
+    assert stopped["status"] == "interrupted" and stopped["epochs"] == 1
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "Stopped by SIGTERM" in line]
+    assert len(lines) == 1 and f"python train.py resume={run}" in lines[0]
+    import torch
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == STEP  # where it stood, not the step-16 periodic checkpoint
+
+    run_train(f"resume={run}", log_dir=tmp_path / "b", data_dir=None)
+    resumed = load_metrics(run)
+    assert resumed["status"] == "completed" and resumed["error"] is None
+    assert comparable(resumed) == comparable(load_metrics(reference))
+    assert_times_summed(resumed, pieces=2)
+
+    # finished: resuming again does nothing and says so in one line
+    before = (run / "metrics.json").read_bytes()
+    proc = run_train(f"resume={run}", log_dir=tmp_path / "b", data_dir=None)
+    assert "Nothing to do" in proc.stdout + proc.stderr
+    assert (run / "metrics.json").read_bytes() == before
+    # with more epochs asked for, it continues
+    run_train(f"resume={run}", "trainer.max_epochs=4", log_dir=tmp_path / "b", data_dir=None)
+    longer = load_metrics(run)
+    assert longer["epochs"] == 4 and longer["history"][:3] == resumed["history"]
+    assert_times_summed(longer, pieces=3)
+
+
+def sweep(tmp_path, sweep_dir, *extra, kill: str | None = None, data_dir=None) -> subprocess.CompletedProcess:
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "seed=1,2",
+        *SMALL,
+        *EVERY,
+        "data.num_workers=0",
+        *KILL,
+        *extra,
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.log_dir={tmp_path}",
+        f"data.data_dir={data_dir}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "LMVIT_KILL_AT"}
+    if kill:
+        env["LMVIT_KILL_AT"] = kill
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+
+def jobs(sweep_dir) -> dict[int, dict]:
+    return {load_metrics(r)["seed"]: load_metrics(r) for r in find_runs(sweep_dir)}
+
+
+def test_a_killed_sweep_rerun_finishes_with_the_numbers_of_an_uninterrupted_one(tmp_path, data_dir):
+    assert sweep(tmp_path, tmp_path / "a", data_dir=data_dir).returncode == 0
+    reference = jobs(tmp_path / "a")
+
+    killed = sweep(tmp_path, tmp_path / "b", kill=f"2:{STEP}", data_dir=data_dir)
+    assert killed.returncode == -9  # SIGKILL in job 2 takes the whole sweep down
+    first = next(r for r in find_runs(tmp_path / "b") if load_metrics(r)["seed"] == 1)
+    assert load_metrics(first)["status"] == "completed"
+    untouched = ((first / "metrics.json").read_bytes(), (first / "metrics.json").stat().st_mtime_ns)
+
+    rerun = sweep(tmp_path, tmp_path / "b", data_dir=data_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    out = rerun.stdout + rerun.stderr
+    assert "Skipped" in out and "Resuming" in out
+    assert ((first / "metrics.json").read_bytes(), (first / "metrics.json").stat().st_mtime_ns) == untouched
+    finished = jobs(tmp_path / "b")
+    assert sorted(finished) == [1, 2] and all(m["status"] == "completed" for m in finished.values())
+    for seed in (1, 2):
+        assert comparable(finished[seed]) == comparable(reference[seed])
+    assert_times_summed(finished[2], pieces=2)
+    summary = (tmp_path / "b" / "sweep_summary.json").read_text()
+    assert '"completed": 2' in summary and '"failed": []' in summary
+
+    # other settings in the same sweep folder: refused with one line, nothing changed
+    refused = sweep(tmp_path, tmp_path / "b", "model.dropout=0.2", data_dir=data_dir)
+    assert refused.returncode == 2
+    error = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "holds a sweep of other settings" in error[0] and "model.dropout=0.2" in error[0]
+    assert jobs(tmp_path / "b") == finished
