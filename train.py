@@ -29,6 +29,7 @@ from lightning_modules.callbacks.stop import StopCheckpoint
 from lmvit.cli import ErrorPolicy, allow_null_groups, quiet_libraries
 from lmvit.config import print_config, reference_config, run_hparams, validate
 from lmvit.distributed import check_ddp_launch
+from lmvit.hardware import auto_precision
 from lmvit.resume import nothing_left, previous_metrics, resume_config, run_identity, sweep_job_plan
 
 log = logging.getLogger("train")
@@ -48,6 +49,7 @@ def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]  # ~logger: none
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     check_ddp_launch(trainer)
+    log.info(speed_setting(cfg, summary))
     stop = next((c for c in callbacks if isinstance(c, StopCheckpoint)), None)
     if stop is not None:  # what a run stopped by SIGTERM / Ctrl-C prints to continue
         stop.resume_hint = resume_command(cfg)
@@ -75,6 +77,19 @@ def hparam_metrics(summary: dict) -> dict[str, float]:
         if key != "epoch":
             metrics[f"best/{key}"] = value
     return {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, float)}
+
+
+def speed_setting(cfg: DictConfig, summary: RunSummary) -> str:
+    """One line: the precision and compile mode this run uses, and why; recorded in metrics.json."""
+    import torch
+
+    precision = str(cfg.trainer.precision)
+    auto, why = auto_precision(str(cfg.trainer.accelerator), torch.cuda.is_available())
+    compile_mode = (cfg.model.get("compile_mode") or "default") if cfg.model.get("compile") else "off"
+    summary.record("precision", precision)
+    summary.record("compile", compile_mode)
+    reason = why if precision == auto else "trainer.precision as set"
+    return f"Precision {precision} ({reason}); compile {compile_mode}"
 
 
 def resume_command(cfg: DictConfig) -> str:

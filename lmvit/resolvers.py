@@ -40,3 +40,16 @@ def default_workers() -> int:
 
 
 OmegaConf.register_new_resolver("lmvit.default_workers", default_workers, replace=True)
+
+
+def default_precision(accelerator: str = "auto") -> str:
+    """``trainer.precision``'s default (``${lmvit.precision:${trainer.accelerator}}``): bf16-mixed on
+    a CPU with bf16 instructions, else the study's 32-true (GPUs unchanged): lmvit.hardware."""
+    import torch
+
+    from lmvit.hardware import auto_precision
+
+    return auto_precision(str(accelerator), torch.cuda.is_available())[0]
+
+
+OmegaConf.register_new_resolver("lmvit.precision", default_precision, replace=True)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The study at budget=cpu on a 2-core CPU, three seeds, resumable: rerun this script and every sweep
+# continues where it stopped (completed jobs skipped, stopped ones resumed from their last.ckpt).
+#   nice -n 10 bash scripts/study_cpu.sh        # hours: see REPRODUCTION.md for how far it got
+# Sweeps go to $STUDY_DIR (default logs/study); the report: python -m analysis logs/study --out <dir>
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+DIR=${STUDY_DIR:-logs/study}
+QUIET=(callbacks.progress_bar=null)
+# 1. bf16 vs fp32 on Table 2 config 2 (the CPU default's accuracy check, paired by seed)
+"$PY" train.py -m experiment=table2_2_adamw seed=1,2,3 budget=cpu trainer.precision=32-true "${QUIET[@]}" \
+  hydra.sweep.dir="$DIR/table2_2_fp32"
+# 2. Table 2, every configuration x 3 seeds (configurations outer: each one's seeds finish together)
+"$PY" train.py -m 'experiment=glob(table2_*)' seed=1,2,3 budget=cpu "${QUIET[@]}" hydra.sweep.dir="$DIR/table2"
+# 3. Table 1 on the offline split (no WikiText-2 train split here), 3 epochs x 3 seeds
+"$PY" train.py -m 'experiment=glob(table1_*)' seed=1,2,3 budget=cpu data=wikitext2_offline "${QUIET[@]}" \
+  hydra.sweep.dir="$DIR/table1"
