@@ -42,7 +42,7 @@ def bf16_capable(flags: set[str] | None = None) -> bool:
 def auto_precision(accelerator: str, cuda_available: bool, flags: set[str] | None = None) -> tuple[str, str]:
     """``trainer.precision=auto``: (precision, why). On a GPU the study's fp32 (unchanged); on a CPU
     with bf16 in hardware ``bf16-mixed`` (autocast: matrix products in bf16, weights, optimizer and
-    reductions in fp32; measured 2x faster for the ViT step, same accuracy: docs/performance-cpu.md),
+    reductions in fp32; measured 2x faster for the ViT step, same accuracy: docs/performance.md),
     else fp32."""
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda_available)
     if on_gpu:
