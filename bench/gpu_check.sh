@@ -20,7 +20,7 @@
 #
 # Prepare once where the network is (copies the archive + tool into .gpu/, wheels into .whl/):
 #   make gpu-prep
-# Run on the GPU machine (the device tool), from the repo root:
+# Run on the GPU machine, from the repo root:
 #   bash bench/gpu_check.sh            with carry: [".whl", ".gpu"], timeout_s 600
 # Dry run of the very same steps on CPU, tiny limits (checks the script, not the speed):
 #   SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_check.sh
