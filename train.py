@@ -19,13 +19,14 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import lmvit.resolvers  # noqa: F401  (registers the ${lmvit.*} resolvers of conf/hydra)
 from lightning_modules.callbacks import RunSummary
 from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
 from lightning_modules.callbacks.stop import StopCheckpoint
+from lightning_modules.callbacks.timing import usable_cpus
 from lmvit.cli import ErrorPolicy, allow_null_groups, quiet_libraries
 from lmvit.config import print_config, reference_config, run_hparams, validate
 from lmvit.distributed import check_ddp_launch
@@ -92,6 +93,21 @@ def speed_setting(cfg: DictConfig, summary: RunSummary) -> str:
     return f"Precision {precision} ({reason}); compile {compile_mode}"
 
 
+def fit_workers_to_jobs(cfg: DictConfig, hydra_cfg) -> None:
+    """Jobs run side by side (``hydra/launcher=joblib``) share the cores: each job's loader workers
+    are capped so that jobs x (1 + workers) stays within the cores, said in one line."""
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
+    workers = OmegaConf.select(cfg, "data.num_workers", default=None)
+    if hydra_cfg.mode != RunMode.MULTIRUN or not n_jobs or workers is None:
+        return
+    cores = usable_cpus()
+    jobs = cores if n_jobs < 0 else min(n_jobs, cores)
+    cap = max(0, cores // jobs - 1)
+    if workers > cap:
+        log.info("data.num_workers %d -> %d: %d jobs side by side share %d cores", workers, cap, jobs, cores)
+        cfg.data.num_workers = cap
+
+
 def resume_command(cfg: DictConfig) -> str:
     """The command that continues this run (or its sweep) after a stop."""
     hydra_cfg = HydraConfig.get()
@@ -132,6 +148,7 @@ def main(cfg: DictConfig) -> float | None:
                     previous.get("epochs", 0),
                 )
                 return (previous.get("best") or {}).get(cfg.monitor.metric)
+        fit_workers_to_jobs(cfg, hydra_cfg)
         summary = run_summary(cfg, previous)
         policy.on_error = summary.fail  # a job that fails, even on a bad setting, says so in metrics.json
         reference = (

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -118,6 +119,9 @@ class ResumableLoader(DataLoader):
             self._resumable.resume_from(state["epoch"], state["batches"] * self.batch_size)
 
 
+WORKER_START = "fork" if sys.platform.startswith("linux") else "spawn"  # how loader workers start
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """A loader worker ignores SIGINT and SIGTERM: the training process decides when it stops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -145,6 +149,9 @@ def make_loader(
         # SIGTERM/Ctrl-C reach the whole process group: the training process saves a checkpoint
         # and stops the workers itself (lightning_modules/callbacks/stop.py)
         worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        # explicit: inside a joblib (loky) job the default context is loky's, which cannot start
+        # torch's workers ("'Process' object has no attribute 'env'")
+        multiprocessing_context=WORKER_START if num_workers > 0 else None,
         pin_memory=pin_memory and torch.cuda.is_available(),
         **loader_kwargs,  # e.g. collate_fn
     )

@@ -325,3 +325,32 @@ def test_table_jobs_side_by_side_keep_their_own_dirs_logs_and_caches(tmp_path, d
     tokenizer = WordTokenizer.from_file(valid)
     (ids_file,) = cache.glob("wiki.valid.tokens.*.pt")
     assert torch.equal(torch.load(ids_file).long(), tokenizer.file_ids(valid).long())
+
+
+# -- loader workers inside joblib jobs ----------------------------------------------------------------
+@pytest.mark.slow
+def test_a_joblib_job_starts_its_loader_workers(tmp_path, data_dir):
+    """Inside a loky worker the default multiprocessing context is loky's, which cannot start
+    torch's loader workers; the loader names its own context."""
+    run_train(
+        "-m", "debug=fast", "seed=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1",
+        "data.num_workers=1", "test=false", log_dir=tmp_path, data_dir=data_dir,
+    )  # fmt: skip
+    (run,) = find_runs(tmp_path)
+    assert load_metrics(run)["status"] == "completed"
+
+
+@pytest.mark.parametrize("n_jobs,cores,asked,expected", [(2, 2, 4, 0), (1, 2, 4, 1), (2, 16, 4, 4), (-1, 8, 2, 0)])
+def test_jobs_side_by_side_never_oversubscribe_the_cores(monkeypatch, n_jobs, cores, asked, expected):
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    import train
+
+    monkeypatch.setattr(train, "usable_cpus", lambda: cores)
+    cfg = OmegaConf.create({"data": {"num_workers": asked}})
+    hydra_cfg = OmegaConf.create({"launcher": {"n_jobs": n_jobs}})
+    hydra_cfg.mode = RunMode.MULTIRUN
+    train.fit_workers_to_jobs(cfg, hydra_cfg)
+    assert cfg.data.num_workers == expected
+    assert (expected + 1) * min(cores if n_jobs < 0 else n_jobs, cores) <= cores or expected == 0
