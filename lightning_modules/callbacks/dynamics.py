@@ -26,11 +26,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 log = logging.getLogger(__name__)
 
-METRICS = ("grad_norm", "weight_norm", "update_ratio", "residual_norm")
+METRICS = ("grad_norm", "weight_norm", "update_ratio", "residual_norm", "ffn_grad_norm")
+INIT = "init_ffn_grad_norm"  # the record of the FFN output weights' gradients at initialisation
 ALL = "all"  # the whole net, beside its blocks
 
 
@@ -127,9 +129,14 @@ class TrainingDynamics(pl.Callback):
     gradients and weights are the same on every process; the residual norms are rank 0's batch.
     """
 
-    def __init__(self, every_n_steps: int = 50, path: str | None = None, residual_norms: bool = True) -> None:
+    def __init__(
+        self, every_n_steps: int = 50, path: str | None = None, residual_norms: bool = True, init_batches: int = 8
+    ) -> None:
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"callbacks.dynamics.every_n_steps must be an integer >= 1, got {every_n_steps!r}")
+        if not isinstance(init_batches, int) or init_batches < 0:
+            raise ValueError(f"callbacks.dynamics.init_batches must be an integer >= 0, got {init_batches!r}")
+        self.init_batches = init_batches
         self.every = every_n_steps
         self.path = Path(path) if path else None
         self.residual_norms = residual_norms
@@ -145,6 +152,47 @@ class TrainingDynamics(pl.Callback):
     def _net(pl_module: nn.Module) -> nn.Module:
         net = getattr(pl_module, "net", None)
         return net if isinstance(net, nn.Module) else pl_module
+
+    # -- at initialisation: the FFN output weights' gradients over several batches (Xiong et al.)
+    def on_train_start(self, trainer, pl_module) -> None:
+        net = self._net(pl_module)
+        ffn = getattr(net, "ffn_output_weights", None)
+        if ffn is None or not self.init_batches or trainer.global_step != 0 or trainer.datamodule is None:
+            return
+        datamodule = trainer.datamodule
+
+        def prepare(batch):  # to the device, then the data module's own step (device_augment gathers there)
+            return datamodule.on_after_batch_transfer(move_data_to_device(batch, pl_module.device), 0)
+
+        values = self.init_gradients(net, datamodule.val_dataloader(), self.init_batches, pl_module.device, prepare)
+        record = {"step": 0, "epoch": 0, INIT: values}
+        self.records.append(record)
+        if trainer.is_global_zero and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    @staticmethod
+    def init_gradients(net: nn.Module, loader, batches: int, device, prepare=None) -> dict[str, list[float]]:
+        """Per block, the L2 norm of the FFN output weight's gradient of the cross-entropy on each of
+        ``batches`` batches of ``loader`` (held-out images: the training data order is untouched),
+        from the initial weights, in training mode (dropout on). Training is unchanged: the RNG
+        states are restored and the gradients cleared."""
+        weights = net.ffn_output_weights()
+        out: dict[str, list[float]] = {k: [] for k in weights}
+        devices = [device] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for i, batch in enumerate(loader):
+                if i == batches:
+                    break
+                x, y = prepare(batch) if prepare is not None else (t.to(device) for t in batch)
+                net.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(net(x), y).backward()
+                norms = torch.stack([torch.linalg.vector_norm(w.grad) for w in weights.values()]).tolist()
+                for k, v in zip(weights, norms):
+                    out[k].append(v)
+        net.zero_grad(set_to_none=True)
+        return out
 
     # -- arming: hooks only for the forward passes of a logging step
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -224,6 +272,11 @@ class TrainingDynamics(pl.Callback):
             grad_norm[ALL] = torch.linalg.vector_norm(torch.stack(list(grad_norm.values())))
         weight_norm[ALL] = torch.linalg.vector_norm(torch.stack(list(weight_norm.values())))
         self._pre = {"grad_norm": grad_norm, "weight_norm": weight_norm}
+        ffn = getattr(self._net(pl_module), "ffn_output_weights", None)
+        if ffn is not None:
+            self._pre["ffn_grad_norm"] = {
+                k: torch.linalg.vector_norm(w.grad) for k, w in ffn().items() if w.grad is not None
+            }
         self._groups = groups
         self._before = [p.detach().clone() for params in groups.values() for _, p in params]
 

@@ -145,6 +145,11 @@ class VisionTransformer(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return self.dropout(torch.cat([cls, x], dim=1) + self.pos_embed)
 
+    def ffn_output_weights(self) -> dict[str, nn.Parameter]:
+        """Each block's FFN output weight (the MLP's second Linear, W2), ``block<i>`` -> weight: the
+        matrix whose gradient norm per layer Xiong et al. (2020) compare for pre- and post-norm."""
+        return {f"block{i}": block.mlp[3].weight for i, block in enumerate(self.blocks)}
+
     def forward(
         self, images: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
