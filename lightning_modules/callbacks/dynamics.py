@@ -28,6 +28,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lmvit.settings import FLAG, POSITIVE_INT, Checked
+
 log = logging.getLogger(__name__)
 
 METRICS = ("grad_norm", "weight_norm", "update_ratio", "residual_norm")
@@ -112,7 +114,7 @@ def _norm_of_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 # -- the callback --------------------------------------------------------------------------------
-class TrainingDynamics(pl.Callback):
+class TrainingDynamics(Checked, pl.Callback):
     """Logs ``dynamics/<metric>/<block>`` every ``every_n_steps`` optimizer steps.
 
     Metrics: ``grad_norm`` (L2 norm of the block's gradients, before clipping), ``weight_norm``
@@ -127,9 +129,11 @@ class TrainingDynamics(pl.Callback):
     gradients and weights are the same on every process; the residual norms are rank 0's batch.
     """
 
+    SETTINGS = {"every_n_steps": POSITIVE_INT, "residual_norms": FLAG}
+    PREFIX = "callbacks.dynamics."
+
     def __init__(self, every_n_steps: int = 50, path: str | None = None, residual_norms: bool = True) -> None:
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"callbacks.dynamics.every_n_steps must be an integer >= 1, got {every_n_steps!r}")
+        self.check_settings({"every_n_steps": every_n_steps, "residual_norms": residual_norms})
         self.every = every_n_steps
         self.path = Path(path) if path else None
         self.residual_norms = residual_norms

@@ -41,6 +41,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightning_modules.callbacks.run_summary import RunSummary
 from lightning_modules.nets.vit import VisionTransformer
+from lmvit.settings import FLAG, NON_NEGATIVE_INT, POSITIVE_INT, Checked
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def draw_misclassified(images: torch.Tensor, true: list[str], pred: list[str], c
     return render(fig, tight=False)
 
 
-class ValidationEndCallback(pl.Callback):
+class ValidationEndCallback(Checked, pl.Callback):
     """A callback acting only around validation: Lightning skips a hook that is not callable
     (``trainer/call.py``: ``if callable(fn)``), so the per-training-step hooks are ``None`` here and
     a training step costs no dispatch at all for it (no call, no profiler context; about 4 us per hook
@@ -279,9 +280,11 @@ class AttentionInspection(ValidationEndCallback):
     every ``every_n_epochs`` validation epochs (and the last); ``per_head`` adds one image per layer
     with each head's map. Scalars (entropy, distance) are per layer and per head."""
 
+    SETTINGS = {"every_n_epochs": POSITIVE_INT, "num_images": POSITIVE_INT, "per_head": FLAG}
+    PREFIX = "callbacks.attention_inspection."
+
     def __init__(self, every_n_epochs: int = 1, num_images: int = 6, per_head: bool = False) -> None:
-        if every_n_epochs < 1 or num_images < 1:
-            raise ValueError("AttentionInspection: every_n_epochs and num_images must be >= 1")
+        self.check_settings({"every_n_epochs": every_n_epochs, "num_images": num_images, "per_head": per_head})
         self.every_n_epochs, self.num_images, self.per_head = every_n_epochs, num_images, per_head
         self.images: torch.Tensor | None = None
 
@@ -342,11 +345,13 @@ class ClassInspection(ValidationEndCallback):
     """Confusion matrix, per-class accuracy and the ``num_misclassified`` most confidently
     misclassified images of the validation set, every ``every_n_epochs`` validation epochs (and the last)."""
 
+    SETTINGS = {"every_n_epochs": POSITIVE_INT, "num_misclassified": NON_NEGATIVE_INT}
+    PREFIX = "callbacks.class_inspection."
+
     def __init__(
         self, every_n_epochs: int = 1, num_misclassified: int = 16, class_names: list[str] | None = None
     ) -> None:
-        if every_n_epochs < 1 or num_misclassified < 0:
-            raise ValueError("ClassInspection: every_n_epochs must be >= 1 and num_misclassified >= 0")
+        self.check_settings({"every_n_epochs": every_n_epochs, "num_misclassified": num_misclassified})
         self.every_n_epochs, self.num_misclassified = every_n_epochs, num_misclassified
         self.class_names = list(class_names) if class_names else None
         self.confusion: MulticlassConfusionMatrix | None = None

@@ -13,6 +13,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from lmvit.settings import NON_NEGATIVE_INT, Checked, one_of
+
 log = logging.getLogger("lmvit.progress")
 
 
@@ -29,14 +31,16 @@ def _number(value: Any) -> str:
     return f"{value:.4g}"
 
 
-class ProgressLog(pl.Callback):
+class ProgressLog(Checked, pl.Callback):
     """``when``: ``auto`` (only when stdout is not a terminal: a live bar shows the rest), ``always``
     or ``never``. ``every_n_steps``: a line every N training steps (0: epoch lines only); reading the
     loss for it is the only device sync it adds, once every N steps."""
 
+    SETTINGS = {"every_n_steps": NON_NEGATIVE_INT, "when": one_of(("auto", "always", "never"))}
+    PREFIX = "callbacks.progress_log."
+
     def __init__(self, every_n_steps: int = 100, when: str = "auto") -> None:
-        if when not in ("auto", "always", "never"):
-            raise ValueError(f"callbacks.progress_log.when={when!r}: must be auto, always or never")
+        self.check_settings({"every_n_steps": every_n_steps, "when": when})
         self.every = max(0, int(every_n_steps))
         self.when = when
         self.enabled = False
