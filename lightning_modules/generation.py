@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lmvit.errors import ConfigError
+from lmvit.runs import checkpoint, load_model, run_config, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,6 @@ class TextGenerator:
         """The run's checkpoint (``best``, ``last`` or a path) and its tokenizer, rebuilt from the run's
         data config (``data`` overrides, e.g. ``{"data_dir": ..., "tokenizer_dir": ...}``)."""
         from hydra.utils import instantiate
-
-        from lmvit.runs import checkpoint, load_model, run_config, run_dir
 
         run = run_dir(run)
         cfg = run_config(run, data=data)
