@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_modules.callbacks.hooks import skip_hook
 from lmvit.settings import Checked, is_number
 
 
@@ -53,7 +54,7 @@ class EMA(Checked, pl.Callback):
         self.check_settings({"decay": decay})
         self.decay = decay
         if decay is None:  # off: no per-batch hooks at all (Lightning skips a None hook)
-            self.on_train_batch_end = self.on_validation_batch_end = None
+            skip_hook(self, "on_train_batch_end", "on_validation_batch_end")
         self.average: AveragedModel | None = None
         self._pending: dict[str, Any] | None = None  # a checkpoint's state loaded before fit starts
         self._updated_at = -1

@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from lightning_modules.callbacks.hooks import skip_hook
 from lmvit.settings import NON_NEGATIVE_INT, Checked, one_of
 
 log = logging.getLogger("lmvit.progress")
@@ -51,7 +52,7 @@ class ProgressLog(Checked, pl.Callback):
         tty = sys.stdout.isatty()
         self.enabled = trainer.is_global_zero and (self.when == "always" or (self.when == "auto" and not tty))
         if not self.enabled or not self.every:  # no step lines: no per-step hook (Lightning skips None)
-            self.on_train_batch_end = None
+            skip_hook(self, "on_train_batch_end")
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
