@@ -72,7 +72,8 @@ IMAGE_SIZE = 32
 CROP_SCALE = (0.8, 1.0)  # RandomResizedCrop of the study
 CROP_RATIO = (0.9, 1.1)
 IMAGES_PER_FILE = 10_000
-NUM_CLASSES = 10
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # label order
+NUM_CLASSES = len(CLASSES)
 _MD5_CHECKED: set[Path] = set()  # folders already compared with the official release
 
 GET_IT = (
@@ -212,6 +213,7 @@ def collate_keys(split: str, keys: list) -> dict:
 
 class CIFAR10DataModule(Checked, pl.LightningDataModule):
     BATCH = "images"  # what a batch holds: the model's BATCH must match (lmvit.config.validate)
+    classes = CLASSES  # names of the labels 0..9 (confusion matrices, per-class accuracy)
     TRAIN_IMAGES = 50_000  # in CIFAR-10's training batches (train + validation split)
     SETTINGS = {
         "batch_size": POSITIVE_INT,
