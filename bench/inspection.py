@@ -27,13 +27,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from lightning_modules.callbacks.inspection import (
-    AttentionInspection,
-    ClassInspection,
-    draw_confusion,
-    draw_misclassified,
-    overlay_grid,
-)
+from lightning_modules.callbacks.inspection import AttentionInspection, ClassInspection
+from lightning_modules.drawing import draw_confusion, draw_misclassified, overlay_grid
 from lightning_modules.nets.vit import VisionTransformer
 
 VAL_BATCHES = 40  # 5,000 validation images in batches of 128

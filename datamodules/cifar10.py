@@ -34,11 +34,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from datamodules import check_data_dir
 from datamodules.augment import POLICIES, MixCollate, augment_batch, erase_batch, mix_batch, policy_transform
 from datamodules.sampling import make_loader
 from lmvit.distributed import warn_uneven_shards
-from lmvit.errors import DatasetError
+from lmvit.errors import ConfigError, DatasetError
 from lmvit.io import atomic_write_text
+from lmvit.settings import (
+    FLAG,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    PROBABILITY,
+    Checked,
+    invalid,
+    is_number,
+    one_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +72,8 @@ IMAGE_SIZE = 32
 CROP_SCALE = (0.8, 1.0)  # RandomResizedCrop of the study
 CROP_RATIO = (0.9, 1.1)
 IMAGES_PER_FILE = 10_000
-NUM_CLASSES = 10
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # label order
+NUM_CLASSES = len(CLASSES)
 _MD5_CHECKED: set[Path] = set()  # folders already compared with the official release
 
 GET_IT = (
@@ -198,7 +211,47 @@ def collate_keys(split: str, keys: list) -> dict:
     return {"split": split, "index": torch.as_tensor(index, dtype=torch.long), "seed": seed}
 
 
-class CIFAR10DataModule(pl.LightningDataModule):
+class CIFAR10DataModule(Checked, pl.LightningDataModule):
+    BATCH = "images"  # what a batch holds: the model's BATCH must match (lmvit.config.validate)
+    classes = CLASSES  # names of the labels 0..9 (confusion matrices, per-class accuracy)
+    TRAIN_IMAGES = 50_000  # in CIFAR-10's training batches (train + validation split)
+    SETTINGS = {
+        "batch_size": POSITIVE_INT,
+        "num_workers": NON_NEGATIVE_INT,
+        "val_size": POSITIVE_INT,
+        "train_subset": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+            "an integer >= 1 (or null for all images)",
+        ),
+        "download": FLAG,
+        "pin_memory": FLAG,
+        "device_augment": FLAG,
+        "augment": one_of(POLICIES, null=True),
+        "random_erasing": PROBABILITY,
+        "mixup": (NON_NEGATIVE[0], "a number >= 0 (a Beta alpha; 0 = off)"),
+        "cutmix": (NON_NEGATIVE[0], "a number >= 0 (a Beta alpha; 0 = off)"),
+    }
+    PREFIX = "data."
+    # options of the CPU (per-image) augmentation path that device_augment=True refuses
+    PER_IMAGE_ONLY = ("augment",)
+
+    @classmethod
+    def check_settings(cls, values, prefix=None) -> None:
+        super().check_settings(values, prefix)
+        prefix = cls.PREFIX if prefix is None else prefix
+        val_size = values.get("val_size")
+        if is_number(val_size) and val_size >= cls.TRAIN_IMAGES:
+            raise invalid(f"{prefix}val_size", val_size, f"smaller than the {cls.TRAIN_IMAGES} training images")
+        if values.get("device_augment"):
+            for name in cls.PER_IMAGE_ONLY:
+                if values.get(name):
+                    raise ConfigError(
+                        f"{prefix}{name}={values[name]!r} is not supported with {prefix}device_augment=true (it "
+                        f"runs image by image in the CPU loader): set {prefix}device_augment=false or drop "
+                        f"{prefix}{name} (random erasing, mixup and cutmix work on the device)."
+                    )
+        check_data_dir(values.get("data_dir"), prefix)
+
     def __init__(
         self,
         data_dir: str = "./data",
@@ -217,14 +270,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if augment is not None and augment not in POLICIES:
-            raise ValueError(f"data.augment={augment!r}: must be null or one of {', '.join(POLICIES)}")
-        if device_augment and augment:
-            raise ValueError(
-                f"data.augment={augment} is not supported with data.device_augment=true (it runs image by "
-                "image on the CPU): set data.device_augment=false, or drop the option (random erasing, "
-                "mixup and cutmix work on the device)"
-            )
+        # data_dir is checked for train.py's runs only (Python callers may point at a folder still to fill)
+        self.check_settings({k: v for k, v in self.hparams.items() if k != "data_dir"})
         self.root = Path(data_dir).expanduser().resolve()
         self.folder = self.root / FOLDER
         self.data_train = self.data_val = self.data_test = None

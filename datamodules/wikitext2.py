@@ -33,6 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules import check_data_dir
 from datamodules.sampling import make_loader
 from datamodules.tokenizers import (
     COURSE_VOCAB_SIZE,
@@ -43,6 +44,7 @@ from datamodules.tokenizers import (
 )
 from lmvit.errors import DatasetError
 from lmvit.io import atomic_path, atomic_write
+from lmvit.settings import FLAG, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Checked, check_path, one_of
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ def _atomic_save(obj, path: Path) -> None:
     atomic_write(path, obj.save if isinstance(obj, WordTokenizer) else lambda tmp: torch.save(obj, tmp))
 
 
-class WikiText2DataModule(pl.LightningDataModule):
+class WikiText2DataModule(Checked, pl.LightningDataModule):
     """Token-id chunks of WikiText-2 (or any corpus in its format); ``vocab_size`` for the model.
 
     Args:
@@ -133,6 +135,26 @@ class WikiText2DataModule(pl.LightningDataModule):
         download_timeout: seconds per connection attempt.
         npz_vocab_size: vocabulary of the ids in npz files (the course's GPT-1 BPE: 40,479).
     """
+
+    BATCH = "tokens"  # what a batch holds: the model's BATCH must match (lmvit.config.validate)
+    SETTINGS = {
+        "tokenizer": one_of(TOKENIZERS),
+        "seq_len": POSITIVE_INT,
+        "batch_size": POSITIVE_INT,
+        "num_workers": NON_NEGATIVE_INT,
+        "download": FLAG,
+        "download_timeout": POSITIVE,
+        "npz_vocab_size": POSITIVE_INT,
+        "pin_memory": FLAG,
+    }
+    PREFIX = "data."
+
+    @classmethod
+    def check_settings(cls, values, prefix=None) -> None:
+        super().check_settings(values, prefix)
+        prefix = cls.PREFIX if prefix is None else prefix
+        check_path(f"{prefix}tokenizer_dir", values.get("tokenizer_dir"), "folder")
+        check_data_dir(values.get("data_dir"), prefix)
 
     def __init__(
         self,
@@ -155,11 +177,9 @@ class WikiText2DataModule(pl.LightningDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__()
-        if tokenizer not in TOKENIZERS:
-            raise ValueError(f"data.tokenizer={tokenizer!r}: must be one of {', '.join(TOKENIZERS)}")
-        if seq_len < 1:
-            raise ValueError(f"data.seq_len={seq_len}: must be an integer >= 1")
         self.save_hyperparameters(ignore=["mirrors"])
+        # data_dir and tokenizer_dir are checked for train.py's runs only (Python callers may fill them later)
+        self.check_settings({k: v for k, v in self.hparams.items() if k not in ("data_dir", "tokenizer_dir")})
         self.mirrors = tuple(mirrors)
         self.root = Path(data_dir).expanduser().resolve()
         self.folder = (self.root / folder).resolve()

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import Metric
 
-from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
+from lightning_modules.callbacks.hooks import logging_step, skip_inherited_batch_hooks
 from lightning_modules.callbacks.optimizer_mode import OptimizerModes
-from lightning_modules.optim import build_optimizer
+from lightning_modules.optim import build_optimizer, check_optimizer
+from lmvit.settings import FLAG, Checked, invalid, one_of
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STAGES = ("train", "val", "test")
+# torch.compile's modes (model.compile_mode; null: torch's default)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
@@ -24,7 +29,22 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     return {"learnable": learnable, "frozen": total - learnable}
 
 
-class StudyModule(pl.LightningModule):
+def check_scheduler(scheduler: Any, prefix: str = "scheduler.") -> None:
+    """A scheduler config (``_target_``) or partial, checked by its target's ``check_settings``."""
+    if isinstance(scheduler, functools.partial):
+        target, values = scheduler.func, scheduler.keywords
+    elif isinstance(scheduler, Mapping) and scheduler.get("_target_"):
+        from hydra.utils import get_object
+
+        target, values = get_object(str(scheduler["_target_"])), scheduler
+    else:
+        return
+    check = getattr(target, "check_settings", None)
+    if callable(check):
+        check(values, prefix)
+
+
+class StudyModule(Checked, pl.LightningModule):
     """Holds ``self.net``, its per-stage metrics and the optimizer (and optional LR schedule).
 
     A subclass builds ``self.net``, declares its metrics with :meth:`add_metric` and implements
@@ -48,6 +68,25 @@ class StudyModule(pl.LightningModule):
     """
 
     net: nn.Module
+    SETTINGS = {"no_weight_decay": FLAG, "compile_mode": one_of(COMPILE_MODES)}
+    PREFIX = "model."
+
+    @classmethod
+    def check_settings(cls, values: Mapping[str, Any], prefix: str | None = None) -> None:
+        """The model's settings, its optimizer's (``optimizer.*``) and its schedule's (``scheduler.*``)."""
+        super().check_settings(values, prefix)
+        prefix = cls.PREFIX if prefix is None else prefix
+        compile = values.get("compile")
+        if isinstance(compile, str):
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if compile not in backends:
+                raise invalid(
+                    f"{prefix}compile", compile, f"true, false or a torch.compile backend: {', '.join(backends)}"
+                )
+        check_optimizer(values.get("optimizer"))
+        check_scheduler(values.get("scheduler"))
 
     def __init__(
         self,
@@ -58,15 +97,8 @@ class StudyModule(pl.LightningModule):
         compile_mode: str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(compile, str):
-            import torch._dynamo
-
-            backends = torch._dynamo.list_backends(exclude_tags=())
-            if compile not in backends:
-                raise ValueError(
-                    f"model.compile={compile!r} is not a torch.compile backend: use true, false "
-                    f"or one of {', '.join(backends)}"
-                )
+        settings = dict(optimizer=optimizer, scheduler=scheduler, compile=compile, no_weight_decay=no_weight_decay)
+        StudyModule.check_settings({**settings, "compile_mode": compile_mode})
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.compile_net = compile
@@ -129,15 +161,10 @@ class StudyModule(pl.LightningModule):
         return loss
 
     def _logging_step(self) -> bool:
-        """Whether Lightning writes step values to the loggers after this step (every
-        ``trainer.log_every_n_steps`` steps, and when the run stops): the only steps whose per-step
-        ``self.log`` values reach a logger. Each ``self.log`` call costs ~0.3 ms on a CPU, so
-        per-step values are logged only then (the loggers receive exactly what they did before)."""
-        trainer = self._trainer
-        connector = getattr(trainer, "_logger_connector", None)
-        if connector is None:  # outside a Trainer
-            return True
-        return bool(connector.should_update_logs or trainer.fast_dev_run)
+        """Whether this step's per-step ``self.log`` values reach a logger (callbacks/hooks.py). Each
+        ``self.log`` call costs ~0.3 ms on a CPU, so per-step values are logged only then (the
+        loggers receive exactly what they did before)."""
+        return logging_step(self._trainer)
 
     def validation_step(self, batch, batch_idx):
         self._logged_step(batch, "val")

@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmvit.config import validate
 from lmvit.errors import ConfigError
+from lmvit.runs import check_checkpoint, checkpoint, load_model, run_config, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,6 @@ class TextGenerator:
         data config (``data`` overrides, e.g. ``{"data_dir": ..., "tokenizer_dir": ...}``)."""
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
-
-        from lmvit.config import validate
-        from lmvit.runs import check_checkpoint, checkpoint, load_model, run_config, run_dir
 
         run = run_dir(run)
         cfg = run_config(run, data=data)

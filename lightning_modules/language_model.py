@@ -31,6 +31,13 @@ class LanguageModel(StudyModule):
     with ``LanguageModel.load_from_checkpoint`` alone. Passing it builds the net at once.
     """
 
+    BATCH = "tokens"  # what a batch holds: the data module's BATCH must match (lmvit.config.validate)
+
+    @classmethod
+    def check_settings(cls, values, prefix=None) -> None:
+        super().check_settings(values, prefix)
+        LSTMLanguageModel.check_settings(values, prefix)  # the net's arguments are model.<name> too
+
     def __init__(
         self,
         optimizer: OptimizerFactory | None = None,
@@ -44,6 +51,7 @@ class LanguageModel(StudyModule):
         super().__init__(optimizer, scheduler, compile, no_weight_decay=no_weight_decay, compile_mode=compile_mode)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net_kwargs = net_kwargs
+        LSTMLanguageModel.check_settings({**net_kwargs, "vocab_size": vocab_size})  # now, not when fit starts
         self.net = None if vocab_size is None else LSTMLanguageModel(vocab_size, **net_kwargs)
         self.add_metric("loss", WeightedMean)
         self.add_metric("ppl", ExpWeightedMean)

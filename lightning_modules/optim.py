@@ -24,12 +24,25 @@ One place decides which parameter goes where; :meth:`StudyModule.configure_optim
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+import importlib.util
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+
+from lmvit.errors import ConfigError
+from lmvit.settings import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Rule,
+    check_rules,
+    is_number,
+)
 
 # third-party optimizer packages -> the distribution to install (all in the `optim` extra)
 OPTIONAL_PACKAGES = {
@@ -38,6 +51,47 @@ OPTIONAL_PACKAGES = {
     "pytorch_optimizer": "pytorch-optimizer",
 }
 INSTALL_HINT = "pip install -e '.[optim]'"
+
+
+def _is_pair(v: Any, ok: Callable[[Any], bool]) -> bool:
+    return isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(ok(b) for b in v)
+
+
+# the settings of conf/optimizer/*.yaml (absent ones are not checked); an optimizer's own other
+# arguments are checked by the optimizer when it is built
+SETTINGS: dict[str, Rule] = {
+    "lr": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "momentum": FRACTION,
+    "lr_scale": POSITIVE,
+    "betas": (lambda v: _is_pair(v, lambda b: is_number(b) and 0 <= b < 1), "two numbers in [0, 1), e.g. [0.9,0.999]"),
+    "eps": (  # a number, or Adafactor's pair (eps1 or null, eps2)
+        lambda v: is_number(v) and v > 0 or _is_pair(v, lambda b: b is None or is_number(b) and b > 0),
+        "a number > 0 (Adafactor: a pair [null or a number > 0, a number > 0])",
+    ),
+    "warmup_steps": NON_NEGATIVE_INT,
+    "ns_steps": POSITIVE_INT,
+    "adjust_lr_fn": (lambda v: v in ("original", "match_rms_adamw"), "original or match_rms_adamw"),
+    "precondition_frequency": POSITIVE_INT,
+}
+
+
+def check_optimizer(optimizer: Any, prefix: str = "optimizer.") -> None:
+    """The optimizer's settings (a config with ``_target_`` or a ``functools.partial``) and, for a
+    third-party optimizer, that its package is installed (one line naming the extra)."""
+    if isinstance(optimizer, functools.partial):
+        check_rules(optimizer.keywords, SETTINGS, prefix)
+        return
+    if not isinstance(optimizer, Mapping):
+        return
+    check_rules(optimizer, SETTINGS, prefix)
+    target = str(optimizer.get("_target_") or "")
+    module = target.split(".")[0]
+    if module in OPTIONAL_PACKAGES and importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"Optimizer {target.rsplit('.', 1)[-1]} ({target}) needs the package {OPTIONAL_PACKAGES[module]}, "
+            f"which is not installed: {INSTALL_HINT} (the optim extra), or pick another optimizer=..."
+        )
 
 
 def _decays(name: str, param: nn.Parameter, no_decay_names: set[str]) -> bool:

@@ -9,6 +9,12 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from lmvit.settings import FRACTION, PROBABILITY, check_rules
+
+# conf/scheduler/cosine.yaml's settings
+SETTINGS = {"warmup_fraction": FRACTION, "min_lr_ratio": PROBABILITY}
+PREFIX = "scheduler."
+
 
 class WarmupCosine:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
@@ -23,8 +29,7 @@ class WarmupCosine:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if not 0 <= warmup_steps < total_steps:
             raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        check_rules({"min_lr_ratio": min_lr_ratio}, SETTINGS, PREFIX)
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
@@ -45,11 +50,15 @@ def cosine_with_warmup(
     min_lr_ratio: float = 0.0,
 ) -> LambdaLR:
     """Cosine decay with linear warm-up over ``warmup_fraction`` of ``total_steps``."""
-    if not 0.0 <= warmup_fraction < 1.0:
-        raise ValueError(
-            f"scheduler.warmup_fraction must be in [0, 1), got {warmup_fraction}: "
-            "set it on the command line, e.g. scheduler.warmup_fraction=0.05"
-        )
+    check_rules({"warmup_fraction": warmup_fraction, "min_lr_ratio": min_lr_ratio}, SETTINGS, PREFIX)
     warmup_steps = int(round(warmup_fraction * total_steps))
     warmup_steps = min(warmup_steps, total_steps - 1)
     return LambdaLR(optimizer, WarmupCosine(total_steps, warmup_steps, min_lr_ratio))
+
+
+def _check_settings(values, prefix: str = PREFIX) -> None:
+    check_rules(values, SETTINGS, prefix)
+
+
+# the rules of a scheduler config, found through its _target_ (StudyModule.check_settings)
+cosine_with_warmup.check_settings = _check_settings

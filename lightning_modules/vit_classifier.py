@@ -8,6 +8,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_modules.base import OptimizerFactory, SchedulerFactory, StudyModule
 from lightning_modules.metrics import WeightedMean
 from lightning_modules.nets.vit import VisionTransformer
+from lmvit.settings import FRACTION
 
 
 class ViTClassifier(StudyModule):
@@ -17,6 +18,14 @@ class ViTClassifier(StudyModule):
     so ``model.<name>`` in the config is the net's own argument. ``label_smoothing`` smooths the
     training loss's targets (``F.cross_entropy(label_smoothing=...)``); 0 in the study.
     """
+
+    BATCH = "images"  # what a batch holds: the data module's BATCH must match (lmvit.config.validate)
+    SETTINGS = {**StudyModule.SETTINGS, "label_smoothing": FRACTION}
+
+    @classmethod
+    def check_settings(cls, values, prefix=None) -> None:
+        super().check_settings(values, prefix)
+        VisionTransformer.check_settings(values, prefix)  # the net's arguments are model.<name> too
 
     def __init__(
         self,
@@ -30,8 +39,7 @@ class ViTClassifier(StudyModule):
         **net_kwargs,
     ) -> None:
         super().__init__(optimizer, scheduler, compile, no_weight_decay=no_weight_decay, compile_mode=compile_mode)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"model.label_smoothing={label_smoothing}: must be a number in [0, 1)")
+        self.check_settings({"label_smoothing": label_smoothing})  # the net checks its own
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.label_smoothing = label_smoothing
         self.net = VisionTransformer(num_classes=num_classes, **net_kwargs)

@@ -1,13 +1,14 @@
 """Checking, printing and flattening the composed Hydra config.
 
 ``validate`` runs before any data is loaded or model built, and turns a bad value into one
-readable line naming the setting, the value and what is allowed.
+readable line naming the setting, the value and what is allowed. The rules of a setting live in the
+class that owns it (``check_settings``; lmvit/settings.py); this module imports none of those
+classes, it finds them through the config's ``_target_``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,118 +18,28 @@ import rich.tree
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from datamodules.augment import POLICIES as AUGMENT_POLICIES
-from datamodules.tokenizers import TOKENIZERS
-from lightning_modules.nets.attention import IMPLEMENTATIONS
-from lightning_modules.nets.vit import NORMS
 from lmvit.errors import ConfigError
+from lmvit.settings import POSITIVE_INT, Rule, invalid, is_int
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v in choices, "one of " + ", ".join(choices))
+# Every setting of a class of ours is checked by that class (``check_settings``, found through the
+# group's ``_target_``; see lmvit/settings.py). Here: the settings of Lightning's own classes,
+# which no class of ours owns, the type check against the default config and the checks that span
+# config groups.
 
 
 def _fraction_or_count(v: Any) -> bool:
     """Lightning's limit_*_batches: a fraction in [0, 1] or a whole number of batches."""
-    return _is_int(v) and v >= 0 or isinstance(v, float) and 0.0 <= v <= 1.0
+    return is_int(v) and v >= 0 or isinstance(v, float) and 0.0 <= v <= 1.0
 
 
-def _is_pair(v: Any, ok: Callable[[Any], bool]) -> bool:
-    return isinstance(v, (ListConfig, list, tuple)) and len(v) == 2 and all(ok(b) for b in v)
-
-
-def _is_betas(v: Any) -> bool:
-    return _is_pair(v, lambda b: _is_number(b) and 0 <= b < 1)
-
-
-def _is_eps(v: Any) -> bool:  # a number, or Adafactor's pair (eps1 or null, eps2)
-    return _is_number(v) and v > 0 or _is_pair(v, lambda b: b is None or _is_number(b) and b > 0)
-
-
-POSITIVE_INT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-NON_NEGATIVE_INT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-FRACTION = (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")  # rates, dropout, warm-up
-
-
-# torch.compile's modes (model.compile_mode; null: torch's default)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-# setting -> (test, what is allowed); a setting absent from the config is not checked
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "optimizer.momentum": FRACTION,
-    "optimizer.lr_scale": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "optimizer.betas": (_is_betas, "two numbers in [0, 1), e.g. [0.9,0.999]"),
-    "optimizer.eps": (_is_eps, "a number > 0 (Adafactor: a pair [null or a number > 0, a number > 0])"),
-    "optimizer.warmup_steps": NON_NEGATIVE_INT,
-    "optimizer.ns_steps": POSITIVE_INT,
-    "optimizer.adjust_lr_fn": (lambda v: v in ("original", "match_rms_adamw"), "original or match_rms_adamw"),
-    "optimizer.precondition_frequency": POSITIVE_INT,
-    "model.no_weight_decay": (lambda v: isinstance(v, bool), "true or false"),
-    "model.num_layers": POSITIVE_INT,
-    "model.num_heads": POSITIVE_INT,
-    "model.embed_dim": POSITIVE_INT,
-    "model.hidden_dim": POSITIVE_INT,
-    "model.patch_size": POSITIVE_INT,
-    "model.dropout": FRACTION,
-    "model.attn_dropout": FRACTION,
-    "model.drop_path": FRACTION,
-    "model.norm": _one_of(NORMS),
-    "model.attention": _one_of(IMPLEMENTATIONS),
-    "model.label_smoothing": FRACTION,
-    "model.embedding_dropout": FRACTION,
-    "model.output_dropout": FRACTION,
-    "data.augment": (lambda v: v in AUGMENT_POLICIES, "null or one of " + ", ".join(AUGMENT_POLICIES)),  # noqa: E501
-    "data.random_erasing": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "data.mixup": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (a Beta alpha; 0 = off)"),
-    "data.cutmix": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (a Beta alpha; 0 = off)"),
-    "callbacks.ema.decay": (lambda v: _is_number(v) and 0 < v < 1, "null (off) or a number in (0, 1)"),
-    "model.embedding_size": POSITIVE_INT,
-    "model.hidden_size": POSITIVE_INT,
-    "data.batch_size": POSITIVE_INT,
-    "data.num_workers": NON_NEGATIVE_INT,
-    "data.val_size": POSITIVE_INT,
-    "data.seq_len": POSITIVE_INT,
-    "data.tokenizer": _one_of(TOKENIZERS),
-    "data.train_subset": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (or null for all images)"),
-    "scheduler.warmup_fraction": FRACTION,
-    "scheduler.min_lr_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+LIGHTNING_RULES: dict[str, Rule] = {
     "trainer.max_epochs": POSITIVE_INT,
-    "trainer.gradient_clip_val": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (or null)"),
+    "trainer.gradient_clip_val": (lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0 (or null)"),
     "trainer.limit_train_batches": (_fraction_or_count, "a fraction in [0, 1] or a number of batches"),
     "trainer.limit_val_batches": (_fraction_or_count, "a fraction in [0, 1] or a number of batches"),
     "trainer.limit_test_batches": (_fraction_or_count, "a fraction in [0, 1] or a number of batches"),
     "callbacks.periodic_checkpoint.every_n_train_steps": POSITIVE_INT,
-    "callbacks.finite_loss.check_every_n_steps": POSITIVE_INT,
-    # inspection callbacks (lightning_modules/callbacks/inspection.py, text_samples.py)
-    "callbacks.attention_inspection.every_n_epochs": POSITIVE_INT,
-    "callbacks.attention_inspection.num_images": POSITIVE_INT,
-    "callbacks.class_inspection.every_n_epochs": POSITIVE_INT,
-    "callbacks.class_inspection.num_misclassified": NON_NEGATIVE_INT,
-    "callbacks.text_samples.every_n_epochs": POSITIVE_INT,
-    "callbacks.text_samples.max_tokens": NON_NEGATIVE_INT,
-    "callbacks.text_samples.temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: greedy)"),
-    "callbacks.text_samples.top_k": (lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null for all tokens"),
-    "callbacks.dynamics.every_n_steps": POSITIVE_INT,
-    "model.compile_mode": _one_of(COMPILE_MODES),
 }
-
-# settings naming a file or folder that must exist (null: not used)
-FILES = ("model.embeddings_path",)
-FOLDERS = ("data.tokenizer_dir",)
-
-CIFAR10_TRAIN_IMAGES = 50_000
-# options of the CPU (per-image) augmentation path that data.device_augment=true refuses
-PER_IMAGE_ONLY = {"data.augment": lambda v: bool(v)}
 
 
 # which data module each model trains on (a check across the model and data groups)
@@ -158,9 +69,32 @@ def _check_model_data(cfg: DictConfig) -> None:
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(
-        f"Invalid setting {key}={value!r}: must be {allowed}. Fix it on the command line (e.g. {key}=...) or in conf/."
-    )
+    raise invalid(key, value, allowed)
+
+
+def owner(node: Any, key: str) -> Any:
+    """The class (or function) a config group's ``_target_`` names; None without one."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return None
+    from hydra.utils import get_object
+
+    try:
+        return get_object(str(target))
+    except Exception as err:  # a typo in _target_, or a package that is not installed
+        raise ConfigError(f"Invalid setting {key}._target_={str(target)!r}: cannot import it ({err}).") from err
+
+
+def check_owned(cfg: DictConfig) -> None:
+    """Each group's settings by the class that owns them: ``data``, ``model`` (with its net, its
+    optimizer and schedule) and every callback, through their ``check_settings``."""
+    groups = [("model", cfg.get("model"))]
+    groups += [(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items()]
+    groups += [("data", cfg.get("data"))]  # last: its folders' existence after every value's rule
+    for key, node in groups:
+        check = getattr(owner(node, key), "check_settings", None)
+        if callable(check):
+            check(node, f"{key}.")
 
 
 def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
@@ -172,25 +106,12 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
     _check_model_data(cfg)
     if reference is not None:
         check_types(cfg, reference)
-    for key, (ok, allowed) in RULES.items():
+    for key, (ok, allowed) in LIGHTNING_RULES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):
             _fail(key, value, allowed)
-
-    _check_optimizer_package(cfg)
-    model = cfg.get("model") or {}
-    if "embed_dim" in model and "num_heads" in model and model.embed_dim % model.num_heads:
-        _fail("model.embed_dim", model.embed_dim, f"divisible by model.num_heads={model.num_heads}")
-    if "image_size" in model and "patch_size" in model and model.image_size % model.patch_size:
-        _fail("model.patch_size", model.patch_size, f"a divisor of model.image_size={model.image_size}")
-
-    for key, is_ok, kind in [(k, Path.is_file, "file") for k in FILES] + [(k, Path.is_dir, "folder") for k in FOLDERS]:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and not is_ok(Path(str(value)).expanduser()):
-            raise ConfigError(
-                f"Invalid setting {key}={str(value)!r}: no such {kind} ({Path(str(value)).expanduser().resolve()}). "
-                f"Point {key} at an existing {kind}, or set {key}=null."
-            )
+    check_owned(cfg)
+    check_model_fits_data(cfg)
 
     for name, logger in (cfg.get("logger") or {}).items():
         package = {"WandbLogger": "wandb"}.get(str((logger or {}).get("_target_", "")).rsplit(".", 1)[-1])
@@ -200,33 +121,25 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
                 f"optional extra (pip install -e '.[{package}]') or choose another logger (logger=tensorboard)."
             )
 
-    data = cfg.get("data") or {}
-    target = str(data.get("_target_", ""))
-    if target.endswith("CIFAR10DataModule") and data.get("val_size", 0) >= CIFAR10_TRAIN_IMAGES:
-        _fail("data.val_size", data.val_size, f"smaller than the {CIFAR10_TRAIN_IMAGES} training images")
-    if data.get("device_augment"):
-        for key, on in PER_IMAGE_ONLY.items():
-            value = OmegaConf.select(cfg, key, default=None)
-            if value is not None and on(value):
-                raise ConfigError(
-                    f"{key}={value!r} is not supported with data.device_augment=true (it runs image by "
-                    f"image in the CPU loader): set data.device_augment=false or drop {key}."
-                )
-    if "data_dir" in data:
-        path = Path(str(data.data_dir)).expanduser()
-        if not path.is_dir():
-            raise ConfigError(
-                f"Invalid setting data.data_dir={str(data.data_dir)!r}: directory {path.resolve()} "
-                "does not exist. Create it (missing datasets are downloaded into it) or point "
-                "data.data_dir / the DATA_DIR environment variable at your data folder."
-            )
+
+def check_model_fits_data(cfg: DictConfig) -> None:
+    """The model and the data module read the same kind of batch (their classes' ``BATCH``)."""
+    model, data = cfg.get("model"), cfg.get("data")
+    wants = getattr(owner(model, "model"), "BATCH", None)
+    gives = getattr(owner(data, "data"), "BATCH", None)
+    if wants and gives and wants != gives:
+        raise ConfigError(
+            f"model={model._target_.rsplit('.', 1)[-1]} reads batches of {wants} but "
+            f"data={data._target_.rsplit('.', 1)[-1]} gives {gives}: pick the data module of the model's "
+            "task (model=vit with data=cifar10; model=lstm with data=wikitext2 or wikitext2_offline)."
+        )
 
 
 def _type_name(value: Any) -> str | None:
     """The kind of value a setting holds, as far as a command line can get it wrong."""
     if isinstance(value, bool):
         return "bool"
-    if _is_int(value):
+    if is_int(value):
         return "int"
     if isinstance(value, float):
         return "float"
@@ -265,21 +178,6 @@ def check_types(cfg: DictConfig, reference: DictConfig) -> None:
             _fail(prefix[:-1], node, TYPE_WORDS[expected])
 
     walk(cfg, reference, "")
-
-
-def _check_optimizer_package(cfg: DictConfig) -> None:
-    """A third-party optimizer (conf/optimizer/lion.yaml, ...) whose package is missing: one line
-    naming the extra to install, before anything is built."""
-    from lightning_modules.optim import INSTALL_HINT, OPTIONAL_PACKAGES
-
-    target = str(OmegaConf.select(cfg, "optimizer._target_", default="") or "")
-    module = target.split(".")[0]
-    if module in OPTIONAL_PACKAGES and importlib.util.find_spec(module) is None:
-        choice = target.rsplit(".", 1)[-1]
-        raise ConfigError(
-            f"Optimizer {choice} ({target}) needs the package {OPTIONAL_PACKAGES[module]}, which is not "
-            f"installed: {INSTALL_HINT} (the optim extra), or pick another optimizer=..."
-        )
 
 
 @rank_zero_only

@@ -201,7 +201,9 @@ def test_device_random_erasing_matches_torchvision_distribution():
     ],
 )
 def test_new_settings_are_validated(key, value, allowed):
-    cfg = OmegaConf.create({})
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        model = ["model=lstm"] if key == "model.output_dropout" else []
+        cfg = compose("train", overrides=[*model, f"data.data_dir={ROOT}"])
     OmegaConf.update(cfg, key, value, force_add=True)
     with pytest.raises(ConfigError) as info:
         validate(cfg)

@@ -321,7 +321,8 @@ def test_bad_interval_is_a_config_error():
 
     from lmvit.config import ConfigError, validate
 
-    cfg = OmegaConf.create({"callbacks": {"dynamics": {"every_n_steps": 0}}})
+    target = "lightning_modules.callbacks.dynamics.TrainingDynamics"  # the class that owns the setting checks it
+    cfg = OmegaConf.create({"callbacks": {"dynamics": {"_target_": target, "every_n_steps": 0}}})
     with pytest.raises(ConfigError, match="callbacks.dynamics.every_n_steps=0: must be an integer >= 1"):
         validate(cfg)
     validate(OmegaConf.create({"callbacks": {"dynamics": None}}))  # switched off: nothing to check

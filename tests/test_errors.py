@@ -6,6 +6,10 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from datamodules.cifar10 import CIFAR10DataModule
+from lightning_modules.callbacks.ema import EMA
+from lightning_modules.nets.vit import VisionTransformer
+from lightning_modules.vit_classifier import ViTClassifier
 from lmvit import errors
 from lmvit.cli import ErrorPolicy, user_error
 from lmvit.config import check_types
@@ -111,3 +115,59 @@ def test_type_check_against_the_default_config(key, value, ok):
     else:
         with pytest.raises(errors.ConfigError, match=f"Invalid setting {key}="):
             check_types(cfg, reference)
+
+
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from tests.helpers import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"data.data_dir={ROOT}", *overrides])
+
+
+@pytest.mark.parametrize(
+    "override,build",
+    [
+        ("model.norm=mid", lambda: VisionTransformer(norm="mid")),
+        ("model.num_heads=7", lambda: VisionTransformer(embed_dim=256, num_heads=7)),
+        ("model.patch_size=3", lambda: VisionTransformer(patch_size=3)),
+        ("model.label_smoothing=1.5", lambda: ViTClassifier(label_smoothing=1.5)),
+        (
+            "data.augment=randaugment data.device_augment=true",
+            lambda: CIFAR10DataModule(augment="randaugment", device_augment=True),
+        ),
+        ("callbacks.ema.decay=1.0", lambda: EMA(decay=1.0)),
+    ],
+)
+def test_a_setting_is_checked_by_its_class_once(override, build):
+    """The config check before any data is loaded and the constructor say the same line: one rule,
+    written in the class that owns the setting (lmvit/config.py holds none of them)."""
+    from lmvit.config import LIGHTNING_RULES, validate
+
+    with pytest.raises(errors.ConfigError) as from_config:
+        validate(_compose(*override.split()))
+    with pytest.raises(errors.ConfigError) as from_class:
+        build()
+    assert str(from_config.value) == str(from_class.value)
+    assert override.split("=")[0] in str(from_config.value) and "\n" not in str(from_config.value)
+    assert all(k.startswith(("trainer.", "callbacks.periodic_checkpoint.")) for k in LIGHTNING_RULES)
+
+
+def test_heads_message_names_both_settings():
+    from lmvit.config import validate
+
+    with pytest.raises(errors.ConfigError, match=r"model.num_heads=7: must be a divisor of model.embed_dim=256"):
+        validate(_compose("model.num_heads=7"))
+
+
+@pytest.mark.parametrize("model,data", [("vit", "wikitext2_offline"), ("lstm", "cifar10")])
+def test_a_model_with_the_other_tasks_data_is_one_line(model, data):
+    from lmvit.config import validate
+
+    with pytest.raises(errors.ConfigError) as info:
+        validate(_compose(f"model={model}", f"data={data}"))
+    message = str(info.value)
+    assert "reads batches of" in message and "pick the data module of the model's task" in message
+    assert "\n" not in message
+    validate(_compose(f"model={model}"))  # with its own data module: fine

@@ -15,13 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, TENSO
 
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.tokenizers import WordTokenizer
-from lightning_modules.callbacks.inspection import (
-    AttentionInspection,
-    ClassInspection,
-    attention_entropy,
-    attention_rollout,
-    mean_attention_distance,
-)
+from lightning_modules.attention_stats import attention_entropy, attention_rollout, mean_attention_distance
+from lightning_modules.callbacks.inspection import AttentionInspection, ClassInspection
 from lightning_modules.callbacks.run_summary import RunSummary
 from lightning_modules.callbacks.text_samples import TextSamples
 from lightning_modules.generation import TextGenerator, sample_tokens
@@ -216,3 +211,15 @@ def test_bad_callback_settings_fail_before_any_data(override, allowed):
         validate(cfg)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         validate(compose("train", overrides=[override.split(".")[0] + "." + override.split(".")[1] + "=null"]))
+
+
+def test_class_names_come_from_the_data_module():
+    from types import SimpleNamespace
+
+    from datamodules.cifar10 import CIFAR10DataModule
+
+    cifar = SimpleNamespace(datamodule=CIFAR10DataModule())
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert ClassInspection().names(cifar, 10) == names  # CIFAR-10's batches.meta order
+    assert ClassInspection().names(SimpleNamespace(datamodule=None), 3) == ["0", "1", "2"]
+    assert ClassInspection(class_names=["a", "b"]).names(cifar, 2) == ["a", "b"]

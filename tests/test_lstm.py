@@ -93,7 +93,7 @@ def test_pretrained_embeddings_are_loaded_and_frozen(tmp_path):
     assert not net.embedding.weight.requires_grad
     with pytest.raises(ValueError, match="model.embedding_size"):
         LSTMLanguageModel(50, 16, 10, embeddings_path=str(tmp_path / "embeddings.npz"))
-    with pytest.raises(FileNotFoundError, match="model.embeddings_path"):
+    with pytest.raises(ConfigError, match="model.embeddings_path=.*no such file"):
         LSTMLanguageModel(50, 12, 10, embeddings_path=str(tmp_path / "missing.npz"))
 
 

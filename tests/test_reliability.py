@@ -111,7 +111,7 @@ def compose_with(*overrides):
         ("optimizer.lr=-1e-3", "optimizer.lr=-0.001"),
         ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1: must be a number >= 0"),
         ("optimizer=momentum optimizer.momentum=1.0", "optimizer.momentum=1.0: must be a number in [0, 1)"),
-        ("model.embed_dim=100", "model.embed_dim=100: must be divisible by model.num_heads=8"),
+        ("model.embed_dim=100", "model.num_heads=8: must be a divisor of model.embed_dim=100"),
         ("model.patch_size=5", "model.patch_size=5: must be a divisor of model.image_size=32"),
         ("model.num_layers=0", "model.num_layers=0: must be an integer >= 1"),
         ("model.norm=middle", "model.norm='middle': must be one of pre, post"),
@@ -135,10 +135,11 @@ def test_bad_values_get_one_line_naming_setting_and_allowed(override, fragment, 
 def test_language_model_settings_are_checked_too():
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"data": {"seq_len": 0}})
+    target = "datamodules.wikitext2.WikiText2DataModule"  # the class that owns the settings checks them
+    cfg = OmegaConf.create({"data": {"_target_": target, "seq_len": 0}})
     with pytest.raises(ConfigError, match="data.seq_len=0: must be an integer >= 1"):
         validate(cfg)
-    cfg = OmegaConf.create({"data": {"tokenizer": "bpe"}})
+    cfg = OmegaConf.create({"data": {"_target_": target, "tokenizer": "bpe"}})
     with pytest.raises(ConfigError, match="data.tokenizer='bpe': must be one of word, gpt2, npz"):
         validate(cfg)
 

@@ -318,7 +318,7 @@ def test_bf16_autocast_loss_close_to_fp32(images):
 
 
 def test_compile_rejects_unknown_backend():
-    with pytest.raises(ValueError, match="model.compile='nope' is not a torch.compile backend"):
+    with pytest.raises(ValueError, match="model.compile='nope': must be true, false or a torch.compile backend"):
         ViTClassifier(optimizer=None, compile="nope", **TINY)
 
 

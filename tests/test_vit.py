@@ -86,7 +86,7 @@ def test_sdpa_and_explicit_models_agree():
 
 
 def test_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="patch_size"):
+    with pytest.raises(ValueError, match="model.patch_size=5: must be a divisor of model.image_size=32"):
         VisionTransformer(image_size=32, patch_size=5)
-    with pytest.raises(ValueError, match="norm"):
+    with pytest.raises(ValueError, match="model.norm='middle': must be one of pre, post"):
         Block(16, 32, 2, norm="middle")

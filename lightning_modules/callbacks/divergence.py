@@ -6,9 +6,10 @@ import pytorch_lightning as pl
 import torch
 
 from lmvit.errors import DivergenceError
+from lmvit.settings import POSITIVE_INT, Checked
 
 
-class FiniteLossGuard(pl.Callback):
+class FiniteLossGuard(Checked, pl.Callback):
     """Stops the run at the first non-finite training loss, before a checkpoint can store it.
 
     Every step keeps a reference to the step's (detached) loss with its step, epoch and batch
@@ -19,8 +20,12 @@ class FiniteLossGuard(pl.Callback):
     larger N (e.g. 50) saves the sync per step. ``metrics.json`` records the run as ``diverged``.
     """
 
+    SETTINGS = {"check_every_n_steps": POSITIVE_INT}
+    PREFIX = "callbacks.finite_loss."
+
     def __init__(self, check_every_n_steps: int = 1) -> None:
-        self.every = max(1, check_every_n_steps)
+        self.check_settings({"check_every_n_steps": check_every_n_steps})
+        self.every = check_every_n_steps
         self._pending: list[tuple[torch.Tensor, int, int, int]] = []  # (loss, step, epoch, batch), unchecked
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

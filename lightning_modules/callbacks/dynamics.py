@@ -29,6 +29,8 @@ import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
+from lmvit.settings import FLAG, NON_NEGATIVE_INT, POSITIVE_INT, Checked
+
 log = logging.getLogger(__name__)
 
 METRICS = ("grad_norm", "weight_norm", "update_ratio", "residual_norm", "ffn_grad_norm")
@@ -114,7 +116,7 @@ def _norm_of_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 # -- the callback --------------------------------------------------------------------------------
-class TrainingDynamics(pl.Callback):
+class TrainingDynamics(Checked, pl.Callback):
     """Logs ``dynamics/<metric>/<block>`` every ``every_n_steps`` optimizer steps.
 
     Metrics: ``grad_norm`` (L2 norm of the block's gradients, before clipping), ``weight_norm``
@@ -129,13 +131,15 @@ class TrainingDynamics(pl.Callback):
     gradients and weights are the same on every process; the residual norms are rank 0's batch.
     """
 
+    SETTINGS = {"every_n_steps": POSITIVE_INT, "residual_norms": FLAG, "init_batches": NON_NEGATIVE_INT}
+    PREFIX = "callbacks.dynamics."
+
     def __init__(
         self, every_n_steps: int = 50, path: str | None = None, residual_norms: bool = True, init_batches: int = 8
     ) -> None:
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"callbacks.dynamics.every_n_steps must be an integer >= 1, got {every_n_steps!r}")
-        if not isinstance(init_batches, int) or init_batches < 0:
-            raise ValueError(f"callbacks.dynamics.init_batches must be an integer >= 0, got {init_batches!r}")
+        self.check_settings(
+            {"every_n_steps": every_n_steps, "residual_norms": residual_norms, "init_batches": init_batches}
+        )
         self.init_batches = init_batches
         self.every = every_n_steps
         self.path = Path(path) if path else None

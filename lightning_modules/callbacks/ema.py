@@ -10,6 +10,9 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_modules.callbacks.hooks import skip_hook
+from lmvit.settings import Checked, is_number
+
 
 @contextmanager
 def _uncompiled(net: nn.Module):
@@ -23,7 +26,7 @@ def _uncompiled(net: nn.Module):
         net._compiled_call_impl = compiled
 
 
-class EMA(pl.Callback):
+class EMA(Checked, pl.Callback):
     """Keeps ``ema = decay * ema + (1 - decay) * weights`` of ``pl_module.net`` after every
     optimizer step (starting from the weights at the start of fit; buffers averaged too) and
     evaluates that copy on every validation batch, logged beside the net's own metrics with the
@@ -44,13 +47,14 @@ class EMA(pl.Callback):
     """
 
     SUFFIX = "_ema"
+    SETTINGS = {"decay": (lambda v: is_number(v) and 0 < v < 1, "null (off) or a number in (0, 1)")}
+    PREFIX = "callbacks.ema."
 
     def __init__(self, decay: float | None = None) -> None:
-        if decay is not None and not 0.0 < decay < 1.0:
-            raise ValueError(f"callbacks.ema.decay={decay}: must be null (off) or a number in (0, 1)")
+        self.check_settings({"decay": decay})
         self.decay = decay
         if decay is None:  # off: no per-batch hooks at all (Lightning skips a None hook)
-            self.on_train_batch_end = self.on_validation_batch_end = None
+            skip_hook(self, "on_train_batch_end", "on_validation_batch_end")
         self.average: AveragedModel | None = None
         self._pending: dict[str, Any] | None = None  # a checkpoint's state loaded before fit starts
         self._updated_at = -1

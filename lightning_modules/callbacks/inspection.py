@@ -23,220 +23,44 @@ classes it confuses. Two callbacks, each one switch in ``conf/callbacks/default.
   - scalars ``val_class_acc/<class>``, and ``metrics.json``'s ``per_class`` (the last epoch's
     per-class accuracy, counts and the matrix itself) through :meth:`RunSummary.record`.
 
-Both do nothing for models other than the ViT (the LSTM). Attention maps are drawn with torch alone;
-the confusion matrix and the mistakes with matplotlib (Agg, no display; without matplotlib they are
-skipped with one warning).
+Both do nothing for models other than the ViT (the LSTM). The statistics are computed in
+:mod:`lightning_modules.attention_stats`, the pictures drawn in :mod:`lightning_modules.drawing`
+(without matplotlib the matplotlib ones are skipped with one warning). Class names come from the data
+module (its ``classes``, e.g. CIFAR-10's), else from ``class_names``, else the class numbers.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from lightning_modules.attention_stats import (
+    attention_entropy,
+    attention_rollout,
+    cls_attention,
+    mean_attention_distance,
+)
+from lightning_modules.callbacks.hooks import TRAIN_STEP_HOOKS, skip_hook
 from lightning_modules.callbacks.run_summary import RunSummary
+from lightning_modules.drawing import draw_confusion, draw_misclassified, overlay_grid
 from lightning_modules.nets.vit import VisionTransformer
+from lmvit.settings import FLAG, NON_NEGATIVE_INT, POSITIVE_INT, Checked
 
 log = logging.getLogger(__name__)
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
+class ValidationEndCallback(Checked, pl.Callback):
+    """A callback acting only around validation: its per-training-step hooks are skipped
+    (:func:`~lightning_modules.callbacks.hooks.skip_hook`), so a training step costs no dispatch at
+    all for it (no call, no profiler context; about 4 us per hook and callback on a busy CPU
+    otherwise, six hooks a step)."""
 
-# -- attention statistics (pure functions on (batch, heads, tokens, tokens) weights, [cls] first) ----------
-def cls_attention(weights: torch.Tensor) -> torch.Tensor:
-    """The [cls] query's attention over the patches: (batch, heads, patches); sums to <= 1 ([cls] itself left out)."""
-    return weights[:, :, 0, 1:]
-
-
-def attention_entropy(weights: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of each query's attention distribution, averaged over batch and queries: (heads,)."""
-    p = weights.double()
-    return -(p * p.clamp_min(1e-30).log()).sum(-1).mean(dim=(0, 2)).float()
-
-
-def patch_distances(grid: int, patch_size: int) -> torch.Tensor:
-    """(grid², grid²) pixel distances between the centres of the patches of a grid x grid image (row-major)."""
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).double() * patch_size
-    return torch.cdist(centres, centres)
-
-
-def mean_attention_distance(weights: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Expected pixel distance from each patch query to the patches it attends to ([cls] out, weights over
-    patches renormalised), averaged over batch and queries: (heads,)."""
-    patches = weights[:, :, 1:, 1:].double()
-    patches = patches / patches.sum(-1, keepdim=True).clamp_min(1e-30)
-    grid = math.isqrt(patches.shape[-1])
-    dist = patch_distances(grid, patch_size).to(patches.device)
-    return (patches * dist).sum(-1).mean(dim=(0, 2)).float()
-
-
-def attention_rollout(weights: list[torch.Tensor]) -> torch.Tensor:
-    """[cls]'s rolled-out attention over the patches, a distribution per image: (batch, patches), rows sum to 1.
-
-    Per layer ``A = 0.5 * mean_heads(W) + 0.5 * I`` (the residual path), rows renormalised; the product
-    ``A_L ... A_1``'s [cls] row without its [cls] entry, renormalised."""
-    rollout = None
-    for w in weights:
-        a = w.double().mean(dim=1)
-        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-        a = a / a.sum(-1, keepdim=True)
-        rollout = a if rollout is None else a @ rollout
-    cls = rollout[:, 0, 1:]
-    return (cls / cls.sum(-1, keepdim=True)).float()
-
-
-# -- drawing ---------------------------------------------------------------------------------------------
-def _display(images: torch.Tensor) -> np.ndarray:
-    """Normalised images (B, C, H, W) -> (B, H, W, C) in [0, 1], each stretched to its own range."""
-    x = images.detach().float().cpu()
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    hi = x.amax(dim=(1, 2, 3), keepdim=True)
-    return ((x - lo) / (hi - lo).clamp_min(1e-8)).permute(0, 2, 3, 1).numpy()
-
-
-def heat_colors(x: torch.Tensor) -> torch.Tensor:
-    """Values in [0, 1] (..., H, W) -> a black-red-yellow-white heat map (..., 3, H, W)."""
-    return torch.stack([(3 * x).clamp(0, 1), (3 * x - 1).clamp(0, 1), (3 * x - 2).clamp(0, 1)], dim=-3)
-
-
-def overlay_grid(images: torch.Tensor, maps: list[torch.Tensor], scale: int = 4, alpha: float = 0.6) -> torch.Tensor:
-    """A (3, H, W) picture in [0, 1], drawn with torch alone (milliseconds, no matplotlib): one row per
-    image, its columns the image then each map ((batch, patches) tensors) over it, each map stretched to
-    its own range and upsampled bilinearly over the patches."""
-    pictures = torch.from_numpy(_display(images)).permute(0, 3, 1, 2)  # (B, 3, H, W)
-    size = pictures.shape[-1]
-    cells = [pictures]
-    for m in maps:
-        m = m.detach().float().cpu()
-        grid = math.isqrt(m.shape[-1])
-        m = m.reshape(-1, 1, grid, grid)
-        lo, hi = m.amin(dim=(2, 3), keepdim=True), m.amax(dim=(2, 3), keepdim=True)
-        m = torch.nn.functional.interpolate(
-            (m - lo) / (hi - lo).clamp_min(1e-12), size=(size, size), mode="bilinear", align_corners=False
-        )[:, 0]
-        cells.append((1 - alpha) * pictures + alpha * heat_colors(m.clamp(0, 1)))
-    return tile_grid(torch.stack(cells, dim=1).flatten(0, 1), len(cells), scale)
-
-
-def tile_grid(tiles: torch.Tensor, cols: int, scale: int = 1, pad: int = 1) -> torch.Tensor:
-    """(n, 3, H, W) -> one (3, rows x (H*scale + 2 pad), cols x (W*scale + 2 pad)) picture, row-major, white lines
-    between tiles (one reshape: no per-tile copies)."""
-    n = tiles.shape[0]
-    rows = -(-n // cols)
-    if rows * cols > n:
-        tiles = torch.cat([tiles, tiles.new_ones((rows * cols - n, *tiles.shape[1:]))])
-    tiles = tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
-    tiles = torch.nn.functional.pad(tiles, (pad, pad, pad, pad), value=1.0)
-    h, w = tiles.shape[-2:]
-    return tiles.reshape(rows, cols, 3, h, w).permute(2, 0, 3, 1, 4).reshape(3, rows * h, cols * w).contiguous()
-
-
-def _figure(rows: int, cols: int, cell: float = 1.3):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(cols * cell, rows * cell + 0.3), dpi=80)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return fig, axes
-
-
-def render(fig, tight: bool = True) -> np.ndarray:
-    """A matplotlib figure -> (H, W, 3) uint8."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    if tight:
-        fig.tight_layout()
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def draw_maps(images: torch.Tensor, maps: list[torch.Tensor], titles: list[str]) -> np.ndarray:
-    """Each image (rows) beside each heat map (columns; (batch, patches) tensors) drawn over it."""
-    pictures = _display(images)
-    size = pictures.shape[1]
-    fig, axes = _figure(len(pictures), len(maps) + 1)
-    for i, picture in enumerate(pictures):
-        axes[i, 0].imshow(picture)
-        for j, m in enumerate(maps):
-            grid = math.isqrt(m.shape[-1])
-            heat = m[i].detach().float().cpu().reshape(grid, grid).numpy()
-            axes[i, j + 1].imshow(picture)
-            axes[i, j + 1].imshow(heat, cmap="inferno", alpha=0.6, extent=(0, size, size, 0), interpolation="bilinear")
-    axes[0, 0].set_title("image", fontsize=8)
-    for j, title in enumerate(titles):
-        axes[0, j + 1].set_title(title, fontsize=8)
-    return render(fig)
-
-
-def draw_confusion(matrix: torch.Tensor, names: list[str]) -> np.ndarray:
-    from matplotlib.figure import Figure
-
-    m = matrix.detach().cpu().numpy()
-    n = len(names)
-    fig = Figure(figsize=(1.6 + 0.5 * n, 1.6 + 0.5 * n), dpi=80)
-    margin = 1.5 / (1.6 + 0.5 * n)  # room for the class names (no tight_layout: it costs more than the drawing)
-    ax = fig.add_axes((margin, margin, 0.97 - margin, 0.93 - margin))
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = m.max() if m.size else 0
-    for i in range(n):
-        for j in range(n):
-            ax.text(
-                j,
-                i,
-                str(int(m[i, j])),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if m[i, j] > top / 2 else "black",
-            )
-    acc = np.trace(m) / max(m.sum(), 1)
-    ax.set_title(f"validation: {int(m.sum())} images, accuracy {acc:.3f}", fontsize=9)
-    return render(fig, tight=False)
-
-
-def draw_misclassified(images: torch.Tensor, true: list[str], pred: list[str], conf: list[float]) -> np.ndarray:
-    """The images in a grid (one matplotlib axes: fast) captioned ``true -> predicted`` and the confidence."""
-    from matplotlib.figure import Figure
-
-    cols, scale, pad = min(8, max(len(images), 1)), 3, 12
-    pictures = torch.from_numpy(_display(images)).permute(0, 3, 1, 2)
-    grid = tile_grid(pictures, cols, scale, pad).permute(1, 2, 0).numpy()
-    tile = pictures.shape[-1] * scale + 2 * pad
-    fig = Figure(figsize=(grid.shape[1] / 80, grid.shape[0] / 80), dpi=80)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(grid, interpolation="nearest")
-    ax.set_axis_off()
-    for k in range(len(images)):
-        x, y = (k % cols) * tile + tile / 2, (k // cols) * tile + pad - 2
-        ax.text(x, y, f"{true[k]} -> {pred[k]} {conf[k]:.2f}", ha="center", va="bottom", fontsize=7)
-    return render(fig, tight=False)
-
-
-class ValidationEndCallback(pl.Callback):
-    """A callback acting only around validation: Lightning skips a hook that is not callable
-    (``trainer/call.py``: ``if callable(fn)``), so the per-training-step hooks are ``None`` here and
-    a training step costs no dispatch at all for it (no call, no profiler context; about 4 us per hook
-    and callback on a busy CPU otherwise, six hooks a step)."""
-
-    on_train_batch_start = None
-    on_before_backward = None
-    on_after_backward = None
-    on_before_optimizer_step = None
-    on_before_zero_grad = None
-    on_train_batch_end = None
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        skip_hook(self, *TRAIN_STEP_HOOKS)
 
 
 def _tensorboards(trainer: pl.Trainer):
@@ -279,9 +103,11 @@ class AttentionInspection(ValidationEndCallback):
     every ``every_n_epochs`` validation epochs (and the last); ``per_head`` adds one image per layer
     with each head's map. Scalars (entropy, distance) are per layer and per head."""
 
+    SETTINGS = {"every_n_epochs": POSITIVE_INT, "num_images": POSITIVE_INT, "per_head": FLAG}
+    PREFIX = "callbacks.attention_inspection."
+
     def __init__(self, every_n_epochs: int = 1, num_images: int = 6, per_head: bool = False) -> None:
-        if every_n_epochs < 1 or num_images < 1:
-            raise ValueError("AttentionInspection: every_n_epochs and num_images must be >= 1")
+        self.check_settings({"every_n_epochs": every_n_epochs, "num_images": num_images, "per_head": per_head})
         self.every_n_epochs, self.num_images, self.per_head = every_n_epochs, num_images, per_head
         self.images: torch.Tensor | None = None
 
@@ -342,11 +168,13 @@ class ClassInspection(ValidationEndCallback):
     """Confusion matrix, per-class accuracy and the ``num_misclassified`` most confidently
     misclassified images of the validation set, every ``every_n_epochs`` validation epochs (and the last)."""
 
+    SETTINGS = {"every_n_epochs": POSITIVE_INT, "num_misclassified": NON_NEGATIVE_INT}
+    PREFIX = "callbacks.class_inspection."
+
     def __init__(
         self, every_n_epochs: int = 1, num_misclassified: int = 16, class_names: list[str] | None = None
     ) -> None:
-        if every_n_epochs < 1 or num_misclassified < 0:
-            raise ValueError("ClassInspection: every_n_epochs must be >= 1 and num_misclassified >= 0")
+        self.check_settings({"every_n_epochs": every_n_epochs, "num_misclassified": num_misclassified})
         self.every_n_epochs, self.num_misclassified = every_n_epochs, num_misclassified
         self.class_names = list(class_names) if class_names else None
         self.confusion: MulticlassConfusionMatrix | None = None
@@ -360,8 +188,6 @@ class ClassInspection(ValidationEndCallback):
         classes = getattr(trainer.datamodule, "classes", None)
         if classes is not None and len(classes) == num_classes:
             return [str(c) for c in classes]
-        if type(trainer.datamodule).__name__ == "CIFAR10DataModule" and num_classes == 10:
-            return list(CIFAR10_CLASSES)
         return [str(i) for i in range(num_classes)]
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

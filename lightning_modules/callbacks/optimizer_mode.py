@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from lightning_modules.callbacks.hooks import skip_hook, unwrap_save_checkpoint, wrap_save_checkpoint
 from lightning_modules.optim import eval_mode, has_modes, set_mode
 
 
@@ -25,24 +26,14 @@ class OptimizerModes(pl.Callback):
     """
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if getattr(trainer.save_checkpoint, "_lmvit_eval_mode", False):
-            return
-        save_checkpoint = trainer.save_checkpoint
-
-        def save_in_eval_mode(*args, **kwargs):
-            with eval_mode(trainer.optimizers):
-                return save_checkpoint(*args, **kwargs)
-
-        save_in_eval_mode._lmvit_eval_mode = True
-        trainer.save_checkpoint = save_in_eval_mode
+        wrap_save_checkpoint(trainer, lambda: eval_mode(trainer.optimizers))  # see callbacks/hooks.py
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if getattr(trainer.save_checkpoint, "_lmvit_eval_mode", False):
-            del trainer.save_checkpoint  # the Trainer's own method again
+        unwrap_save_checkpoint(trainer)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not any(has_modes(opt) for opt in trainer.optimizers):  # AdamW, SGD, ...: nothing to switch,
-            self.on_train_batch_start = None  # so no per-step hook (Lightning skips a None hook)
+            skip_hook(self, "on_train_batch_start")  # so no per-step hook
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         set_mode(trainer.optimizers, train=True)  # a flag check when already in train mode

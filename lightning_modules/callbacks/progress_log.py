@@ -18,6 +18,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from lightning_modules.callbacks.hooks import skip_hook
+from lmvit.settings import NON_NEGATIVE_INT, Checked, one_of
+
 log = logging.getLogger("lmvit.progress")
 
 
@@ -47,14 +50,22 @@ def _number(value: Any) -> str:
     return f"{value:.4g}"
 
 
-class ProgressLog(pl.Callback):
+class ProgressLog(Checked, pl.Callback):
     """``when``: ``auto`` (only when stdout is not a terminal: a live bar shows the rest), ``always``
     or ``never``. ``every_n_steps``: a line every N training steps (0: epoch lines only); reading the
     loss for it is the only device sync it adds, once every N steps."""
 
+    SETTINGS = {
+        "every_n_steps": NON_NEGATIVE_INT,
+        "when": one_of(("auto", "always", "never")),
+        "estimate_after_steps": NON_NEGATIVE_INT,
+    }
+    PREFIX = "callbacks.progress_log."
+
     def __init__(self, every_n_steps: int = 100, when: str = "auto", estimate_after_steps: int = 50) -> None:
-        if when not in ("auto", "always", "never"):
-            raise ValueError(f"callbacks.progress_log.when={when!r}: must be auto, always or never")
+        self.check_settings(
+            {"every_n_steps": every_n_steps, "when": when, "estimate_after_steps": estimate_after_steps}
+        )
         self.every = max(0, int(every_n_steps))
         self.when = when
         self.estimate_after = max(0, int(estimate_after_steps))
@@ -70,7 +81,7 @@ class ProgressLog(pl.Callback):
         if stage == "fit" and trainer.is_global_zero and self.when != "never" and self.estimate_after:
             self.estimated = False  # the estimate line needs the per-step hook until it is written
         elif not self.enabled or not self.every:  # no step lines: no per-step hook (Lightning skips None)
-            self.on_train_batch_end = None
+            skip_hook(self, "on_train_batch_end")
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
@@ -109,7 +120,7 @@ class ProgressLog(pl.Callback):
         """One line: the whole run's time at the speed of its first steps."""
         self.estimated = True
         if not (self.enabled and self.every):
-            self.on_train_batch_end = None  # nothing more to do per step
+            skip_hook(self, "on_train_batch_end")  # nothing more to do per step
         step, since = self._estimate_from
         done = trainer.global_step - step
         total, left = self._total_steps(trainer), self._total_steps(trainer) - trainer.global_step

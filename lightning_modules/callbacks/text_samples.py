@@ -13,11 +13,20 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_modules.callbacks.inspection import ValidationEndCallback
 from lightning_modules.generation import TextGenerator
+from lmvit.settings import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT
 
 log = logging.getLogger(__name__)
 
 
 class TextSamples(ValidationEndCallback):
+    SETTINGS = {
+        "every_n_epochs": POSITIVE_INT,
+        "max_tokens": NON_NEGATIVE_INT,
+        "temperature": (NON_NEGATIVE[0], "a number >= 0 (0: greedy)"),
+        "top_k": (POSITIVE_INT[0], "an integer >= 1, or null for all tokens"),
+    }
+    PREFIX = "callbacks.text_samples."
+
     def __init__(
         self,
         prompts: list[str] | None = None,
@@ -27,8 +36,9 @@ class TextSamples(ValidationEndCallback):
         top_k: int | None = 40,
         seed: int = 0,
     ) -> None:
-        if every_n_epochs < 1:
-            raise ValueError("TextSamples: every_n_epochs must be >= 1")
+        self.check_settings(
+            dict(every_n_epochs=every_n_epochs, max_tokens=max_tokens, temperature=temperature, top_k=top_k)
+        )
         self.prompts = list(prompts or ["The history of"])
         self.every_n_epochs, self.max_tokens = every_n_epochs, max_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed

@@ -19,10 +19,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmvit.settings import POSITIVE_INT, Checked, invalid, one_of
+
 IMPLEMENTATIONS = ("explicit", "sdpa")
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(Checked, nn.Module):
+    # its settings as the config names them (model.attention is ``implementation`` here)
+    SETTINGS = {"embed_dim": POSITIVE_INT, "num_heads": POSITIVE_INT, "attention": one_of(IMPLEMENTATIONS)}
+    PREFIX = "model."
+
+    @classmethod
+    def check_settings(cls, values, prefix=None) -> None:
+        super().check_settings(values, prefix)
+        prefix = cls.PREFIX if prefix is None else prefix
+        embed_dim, num_heads = values.get("embed_dim"), values.get("num_heads")
+        if embed_dim is not None and num_heads is not None and embed_dim % num_heads:
+            raise invalid(f"{prefix}num_heads", num_heads, f"a divisor of {prefix}embed_dim={embed_dim}")
+
     def __init__(
         self,
         embed_dim: int,
@@ -31,10 +45,7 @@ class MultiHeadAttention(nn.Module):
         implementation: str = "explicit",
     ) -> None:
         super().__init__()
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        self.check_settings({"embed_dim": embed_dim, "num_heads": num_heads, "attention": implementation})
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_size = embed_dim // num_heads

@@ -18,15 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmvit.settings import FLAG, FRACTION, POSITIVE_INT, Checked, check_path
+
 
 def load_embeddings(path: str | Path) -> torch.Tensor:
     """The ``tokens`` matrix (vocab x embedding size) of a ``.npz`` file, as float32."""
+    check_path("model.embeddings_path", path, "file")
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model.embeddings_path={str(path)!r}: no such file. Point it at a .npz file holding a "
-            "'tokens' array of shape (vocab, embedding_size), or set model.embeddings_path=null."
-        )
     with np.load(path) as npz:
         if "tokens" not in npz.files:
             raise ValueError(
@@ -41,7 +39,7 @@ def load_embeddings(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(matrix)
 
 
-class LSTMLanguageModel(nn.Module):
+class LSTMLanguageModel(Checked, nn.Module):
     """Next-token logits for every position of a batch of token ids.
 
     Args:
@@ -59,6 +57,21 @@ class LSTMLanguageModel(nn.Module):
     # the tied input/output matrix: AdamW's, not Muon's, with optimizer=muon (lightning_modules/optim.py);
     # the LSTM's weight_ih/weight_hh (4 gates stacked) and the projection are Muon's hidden matrices
     input_output_modules = ("embedding", "classifier")
+    SETTINGS = {
+        "vocab_size": POSITIVE_INT,
+        "embedding_size": POSITIVE_INT,
+        "hidden_size": POSITIVE_INT,
+        "num_layers": POSITIVE_INT,
+        "freeze_embeddings": FLAG,
+        "embedding_dropout": FRACTION,
+        "output_dropout": FRACTION,
+    }
+    PREFIX = "model."
+
+    @classmethod
+    def check_settings(cls, values, prefix=None) -> None:
+        super().check_settings(values, prefix)
+        check_path(f"{cls.PREFIX if prefix is None else prefix}embeddings_path", values.get("embeddings_path"))
 
     def __init__(
         self,
@@ -72,9 +85,18 @@ class LSTMLanguageModel(nn.Module):
         output_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, p in (("embedding_dropout", embedding_dropout), ("output_dropout", output_dropout)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"model.{name}={p}: must be a number in [0, 1)")
+        self.check_settings(
+            dict(
+                vocab_size=vocab_size,
+                embedding_size=embedding_size,
+                hidden_size=hidden_size,
+                num_layers=num_layers,
+                embeddings_path=embeddings_path,
+                freeze_embeddings=freeze_embeddings,
+                embedding_dropout=embedding_dropout,
+                output_dropout=output_dropout,
+            )
+        )
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_size)
         self.embedding_dropout = nn.Dropout(embedding_dropout)

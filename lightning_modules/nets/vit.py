@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_modules.nets.attention import MultiHeadAttention
+from lmvit.settings import FRACTION, POSITIVE_INT, Checked, invalid, one_of
 
 NORMS = ("pre", "post")
 
@@ -22,14 +23,16 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
 
 
-class DropPath(nn.Module):
+class DropPath(Checked, nn.Module):
     """Stochastic depth: in training, zeroes a residual branch for a whole sample with probability
     ``p`` and scales the kept ones by 1 / (1 - p) (expected value unchanged); the identity in eval."""
 
+    SETTINGS = {"drop_path": FRACTION}
+    PREFIX = "model."
+
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop path rate must be in [0, 1), got {p}")
+        self.check_settings({"drop_path": p})
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +45,7 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-class Block(nn.Module):
+class Block(Checked, nn.Module):
     """Transformer encoder block.
 
     pre-norm:  x = x + attn(LN1(x));  x = x + mlp(LN2(x))
@@ -51,6 +54,9 @@ class Block(nn.Module):
     ``dropout`` acts in the MLP, ``attn_dropout`` on the attention weights, ``drop_path`` drops
     each residual branch per sample (stochastic depth); all are 0 in the study.
     """
+
+    SETTINGS = {"norm": one_of(NORMS), "dropout": FRACTION, "attn_dropout": FRACTION}
+    PREFIX = "model."
 
     def __init__(
         self,
@@ -64,8 +70,7 @@ class Block(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.check_settings({"norm": norm, "dropout": dropout, "attn_dropout": attn_dropout})
         self.norm = norm
         self.ln1 = nn.LayerNorm(embed_dim)
         self.attn = MultiHeadAttention(embed_dim, num_heads, dropout=attn_dropout, implementation=attention)
@@ -96,9 +101,29 @@ class Block(nn.Module):
         return (x, weights) if return_weights else x
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Checked, nn.Module):
     # the input and output layers: AdamW's, not Muon's, with optimizer=muon (lightning_modules/optim.py)
     input_output_modules = ("patch_embed", "head")
+    # its own settings; a block's, its attention's and stochastic depth's are checked by their classes
+    SETTINGS = {
+        "image_size": POSITIVE_INT,
+        "patch_size": POSITIVE_INT,
+        "in_channels": POSITIVE_INT,
+        "num_classes": POSITIVE_INT,
+        "hidden_dim": POSITIVE_INT,
+        "num_layers": POSITIVE_INT,
+    }
+    PREFIX = "model."
+
+    @classmethod
+    def check_settings(cls, values, prefix=None) -> None:
+        super().check_settings(values, prefix)
+        for part in (MultiHeadAttention, Block, DropPath):
+            part.check_settings(values, prefix)
+        prefix = cls.PREFIX if prefix is None else prefix
+        image_size, patch_size = values.get("image_size", 32), values.get("patch_size", 4)
+        if image_size % patch_size:
+            raise invalid(f"{prefix}patch_size", patch_size, f"a divisor of {prefix}image_size={image_size}")
 
     def __init__(
         self,
@@ -117,8 +142,23 @@ class VisionTransformer(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if image_size % patch_size != 0:
-            raise ValueError(f"image_size={image_size} must be divisible by patch_size={patch_size}")
+        self.check_settings(
+            dict(
+                image_size=image_size,
+                patch_size=patch_size,
+                in_channels=in_channels,
+                num_classes=num_classes,
+                embed_dim=embed_dim,
+                hidden_dim=hidden_dim,
+                num_heads=num_heads,
+                num_layers=num_layers,
+                dropout=dropout,
+                norm=norm,
+                attention=attention,
+                attn_dropout=attn_dropout,
+                drop_path=drop_path,
+            )
+        )
         self.patch_size = patch_size
         num_patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Linear(in_channels * patch_size**2, embed_dim)
