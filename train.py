@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 import lmvit.resolvers  # noqa: F401  (registers the ${lmvit.*} resolvers of conf/hydra)
 from lightning_modules.callbacks import RunSummary
 from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
-from lmvit.cli import ErrorPolicy, allow_null_groups
+from lmvit.cli import ErrorPolicy, allow_null_groups, refuse_unknown_choices
 from lmvit.config import print_config, reference_config, run_hparams, validate
 from lmvit.distributed import check_ddp_launch
 from lmvit.resume import resume_config, run_identity
@@ -99,10 +99,12 @@ def run_summary(cfg: DictConfig) -> RunSummary:
             "name": choices.get("experiment"),
             "label": cfg.get("label"),
             "study_config": cfg.get("study_config"),
+            "budget": cfg.get("budget"),  # conf/budget/: full | cpu
         },
     )
 
 
 if __name__ == "__main__":
     allow_null_groups()  # logger=null -> ~logger
+    refuse_unknown_choices()  # budget=bogus -> one line naming the options
     main()

@@ -232,6 +232,8 @@ def describe_run(run: Path) -> dict[str, Any]:
         "label": label,
         "study_config": study_config,
         "experiment": experiment.get("name") or choices.get("experiment"),
+        # conf/budget/ (full | cpu); a run from before budgets had a name ran the default, full
+        "budget": experiment.get("budget") or config.get("budget") or choices.get("budget") or "full",
         "optimizer": optimizer,
         "optimizer_name": OPTIMIZER_NAMES.get(optimizer or "", optimizer),
         "num_layers": num_layers,

@@ -310,7 +310,7 @@ HPARAM_COLUMNS = {
     "seed": "seed",
     "label": "label",
 }
-HPARAM_GROUPS = ("task", "experiment", "study_config", "model", "optimizer", "scheduler", "data", "trainer")
+HPARAM_GROUPS = ("task", "experiment", "study_config", "budget", "model", "optimizer", "scheduler", "data", "trainer")
 # settings that do not change what is learnt (where files go, how fast data loads, how often to log)
 NOT_HPARAMS = (
     "embeddings_path",
