@@ -91,19 +91,28 @@ def _mean_curve(data: pd.DataFrame, x_col: str, tag: str) -> tuple[pd.DataFrame,
 
 def figure_specs(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, str, str]]:
     """(file stem, task, runs, x axis, title) for the study's figures that have runs, then one
-    pair of figures (epochs, wall-clock) per task over all its completed runs."""
+    pair of figures (epochs, wall-clock) per task over all its completed runs. A figure shows one
+    budget (``conf/budget/``), named in its title; with runs of several budgets each figure is
+    drawn once per budget, its stem ending in ``_<budget>``."""
     done = completed(runs)
+    budgets = done["budget"].fillna("full") if "budget" in done.columns else pd.Series("full", index=done.index)
+    several = budgets.nunique() > 1
     specs = []
-    for stem, task, configs, x, title in FIGURES:
-        chosen = done[(done["task"] == task) & done["study_config"].isin(configs)]
-        if not chosen.empty:
-            axis = "epochs" if x == "epoch" else "wall-clock"
-            specs.append((stem, task, chosen, x, f"Figure {stem.removeprefix('figure')}: {title}, vs {axis}"))
-    for task in ("lstm", "vit"):
-        chosen = done[done["task"] == task]
-        if not chosen.empty:
-            specs.append((f"{task}_all_epochs", task, chosen, "epoch", f"{task}: all runs, vs epochs"))
-            specs.append((f"{task}_all_wallclock", task, chosen, "wall", f"{task}: all runs, vs wall-clock"))
+    for budget in sorted(budgets.unique()):
+        of_budget = done[budgets == budget]
+        suffix = f"_{budget}" if several else ""
+        for stem, task, configs, x, title in FIGURES:
+            chosen = of_budget[(of_budget["task"] == task) & of_budget["study_config"].isin(configs)]
+            if not chosen.empty:
+                axis = "epochs" if x == "epoch" else "wall-clock"
+                name = f"Figure {stem.removeprefix('figure')}: {title}, vs {axis}, budget {budget}"
+                specs.append((stem + suffix, task, chosen, x, name))
+        for task in ("lstm", "vit"):
+            chosen = of_budget[of_budget["task"] == task]
+            if not chosen.empty:
+                for stem, x, axis in (("epochs", "epoch", "epochs"), ("wallclock", "wall", "wall-clock")):
+                    title = f"{task}: all runs, vs {axis}, budget {budget}"
+                    specs.append((f"{task}_all_{stem}{suffix}", task, chosen, x, title))
     return specs
 
 
