@@ -22,12 +22,12 @@ from analysis.findings import seeds
 from analysis.runs import completed
 from analysis.stats import summarize
 from analysis.study import (
+    SECOND_REFERENCE,
     TABLE1_COLUMNS,
     TABLE1_METRICS,
     TABLE2_COLUMNS,
     TABLE2_METRICS,
     TABLE3_COLUMNS,
-    SECOND_REFERENCE,
     architecture,
     config_label,
     second_reference,
@@ -299,7 +299,9 @@ def to_markdown(table: pd.DataFrame, decimals: int = 4) -> str:
                 diff = row[f"{col} (diff)"]
                 ref2 = row.get(f"{col} (ref2)")
                 more = f"; {SECOND_REFERENCE} {_fmt(ref2, digits)}" if ref2 is not None and pd.notna(ref2) else ""
-                cell += f" (study {study}, diff {diff:+.{digits}f}{more})" if pd.notna(diff) else f" (study {study}{more})"
+                cell += (
+                    f" (study {study}, diff {diff:+.{digits}f}{more})" if pd.notna(diff) else f" (study {study}{more})"
+                )
             cells.append(cell.replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
