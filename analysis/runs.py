@@ -171,6 +171,8 @@ def config_keys(config: dict[str, Any], summary: dict[str, Any] | None = None) -
       comparisons pair groups of one setting (same budget, data, lr, ...).
     """
     flat = _flat(config)
+    if flat:  # a run from before budgets had a name ran the default budget: one configuration with its seeds
+        flat.setdefault("budget", "full")
     if not flat:  # no config file: the overrides without the seed say what the run was
         overrides = [
             o
