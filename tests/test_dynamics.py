@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from scipy import stats
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from scipy import stats
 from torch.utils.data import DataLoader, TensorDataset
 
 from analysis.dynamics import (
@@ -517,6 +517,9 @@ def test_train_py_writes_dynamics_and_the_report_draws_them(tmp_path, data_dir):
     (run,) = find_runs(tmp_path)
     frame = load_dynamics(run)
     assert sorted(frame["step"].unique()) == [0, 2, 4]  # 2 epochs x 3 batches, every 2 steps
+    init = load_init(run)  # at initialisation: the 3 batches of the epoch (debug=fast), 6 FFN matrices each
+    assert sorted(init["batch"].unique()) == [0, 1, 2]
+    assert len(init[init["metric"] == "ffn_grad_norm"]) == 3 * 6 and init["value"].gt(0).all()
     blocks = ["embed"] + [f"block{i}" for i in range(6)] + ["head"]
     for metric in ("grad_norm", "weight_norm", "update_ratio", "residual_norm"):
         logged = set(frame[frame["metric"] == metric]["block"])
@@ -532,5 +535,5 @@ def test_train_py_writes_dynamics_and_the_report_draws_them(tmp_path, data_dir):
     assert (tmp_path / "report" / "dynamics_grad_norm_by_layer.png") in report.files
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "## Training dynamics" in readme and "post-norm (table2/7, lr 0.0003, budget full, n=1)" in readme
-    assert "Xiong et al.'s pattern" not in readme or "not tested" in readme  # one seed, one side: no verdict
+    assert "Xiong et al.'s pattern: no pre-norm and post-norm configuration of one setting" in readme  # no verdict
     assert "no run with dynamics for table2/6" in readme
