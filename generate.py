@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.generation import Generation, TextGenerator
 from lmvit.cli import ErrorPolicy, quiet_libraries
+from lmvit.config import validate
 from lmvit.errors import ConfigError
+from lmvit.runs import run_config, run_dir
 
 
 def generate(cfg: DictConfig) -> Generation:
@@ -27,6 +29,10 @@ def generate(cfg: DictConfig) -> Generation:
     if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         raise ConfigError(f"Invalid setting device={cfg.device!r}: must be cpu or cuda.")
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
+    run = run_dir(cfg.run)
+    sections = ["task", "model", "data"]  # what generation uses, checked as train.py checks it
+    validate(OmegaConf.masked_copy(run_config(run, data=data), sections),
+             reference=OmegaConf.masked_copy(run_config(run), sections))  # fmt: skip
     generator = TextGenerator.from_run(cfg.run, cfg.ckpt, data=data, map_location=str(cfg.device))
     result = generator.generate(
         str(cfg.prompt), max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed

@@ -27,7 +27,7 @@ from lightning_modules.callbacks import RunSummary
 from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
 from lightning_modules.callbacks.stop import StopCheckpoint
 from lightning_modules.callbacks.timing import usable_cpus
-from lmvit.cli import ErrorPolicy, allow_null_groups, quiet_libraries
+from lmvit.cli import ErrorPolicy, allow_null_groups, quiet_libraries, refuse_unknown_choices
 from lmvit.config import print_config, reference_config, run_hparams, validate
 from lmvit.distributed import check_ddp_launch
 from lmvit.hardware import auto_precision
@@ -169,13 +169,13 @@ def run_summary(cfg: DictConfig, previous: dict | None = None) -> RunSummary:
         monitor=cfg.monitor.metric,
         mode=cfg.monitor.mode,
         seed=cfg.get("seed"),
-        budget=(cfg.get("budget") or {}).get("name", "full"),
         overrides=overrides,
         # which preset and which row of the study it reproduces (the report matches on it)
         experiment={
             "name": choices.get("experiment"),
             "label": cfg.get("label"),
             "study_config": cfg.get("study_config"),
+            "budget": cfg.get("budget"),  # conf/budget/: full | cpu
         },
     )
 
@@ -183,4 +183,5 @@ def run_summary(cfg: DictConfig, previous: dict | None = None) -> RunSummary:
 if __name__ == "__main__":
     quiet_libraries()
     allow_null_groups()  # logger=null -> ~logger
+    refuse_unknown_choices()  # budget=bogus -> one line naming the options
     main()

@@ -92,7 +92,9 @@ def _mean_curve(data: pd.DataFrame, x_col: str, tag: str) -> tuple[pd.DataFrame,
 
 def figure_specs(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, str, str]]:
     """(file stem, task, runs, x axis, title) for the study's figures that have runs, then one
-    pair of figures (epochs, wall-clock) per task over all its completed runs."""
+    pair of figures (epochs, wall-clock) per task over all its completed runs. A figure shows one
+    budget (``conf/budget/``), named in its title; with runs of several budgets each figure is
+    drawn once per budget, its stem ending in ``_<budget>``."""
     done = completed(runs)
     why = (
         alone(runs).reindex(done.index) if "load_1m" in runs.columns else pd.Series("no load record", index=done.index)
@@ -101,20 +103,26 @@ def figure_specs(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, str, 
     def wall(title: str, chosen: pd.DataFrame) -> str:  # a wall-clock figure says how its times were measured
         return f"{title}\n({figure_note(chosen, why)})"
 
+    budgets = done["budget"].fillna("full") if "budget" in done.columns else pd.Series("full", index=done.index)
+    several = budgets.nunique() > 1
     specs = []
-    for stem, task, configs, x, title in FIGURES:
-        chosen = done[(done["task"] == task) & done["study_config"].isin(configs)]
-        if not chosen.empty:
-            axis = "epochs" if x == "epoch" else "wall-clock"
-            text = f"Figure {stem.removeprefix('figure')}: {title}, vs {axis}"
-            specs.append((stem, task, chosen, x, wall(text, chosen) if x == "wall" else text))
-    for task in ("lstm", "vit"):
-        chosen = done[done["task"] == task]
-        if not chosen.empty:
-            specs.append((f"{task}_all_epochs", task, chosen, "epoch", f"{task}: all runs, vs epochs"))
-            specs.append(
-                (f"{task}_all_wallclock", task, chosen, "wall", wall(f"{task}: all runs, vs wall-clock", chosen))
-            )
+    for budget in sorted(budgets.unique()):
+        of_budget = done[budgets == budget]
+        suffix = f"_{budget}" if several else ""
+        for stem, task, configs, x, title in FIGURES:
+            chosen = of_budget[(of_budget["task"] == task) & of_budget["study_config"].isin(configs)]
+            if not chosen.empty:
+                axis = "epochs" if x == "epoch" else "wall-clock"
+                name = f"Figure {stem.removeprefix('figure')}: {title}, vs {axis}, budget {budget}"
+                specs.append((stem + suffix, task, chosen, x, wall(name, chosen) if x == "wall" else name))
+        for task in ("lstm", "vit"):
+            chosen = of_budget[of_budget["task"] == task]
+            if not chosen.empty:
+                for stem, x, axis in (("epochs", "epoch", "epochs"), ("wallclock", "wall", "wall-clock")):
+                    title = f"{task}: all runs, vs {axis}, budget {budget}"
+                    specs.append(
+                        (f"{task}_all_{stem}{suffix}", task, chosen, x, wall(title, chosen) if x == "wall" else title)
+                    )
     return specs
 
 

@@ -3,7 +3,7 @@
 Every finding is a list of checks; a check compares two configurations of the study (by their
 ``study_config``, e.g. ``table2/2`` vs ``table2/1``) on one metric, at one *setting*: the two sides
 must share everything but the optimizer (its learning rate included), depth and norm placement
-(same epochs, training data, batch size, ...), and one *budget* (``budget.name`` of the runs'
+(same epochs, training data, batch size, ...), and one *budget* (``budget`` of the runs'
 config, ``full`` when absent): runs of two budgets are never compared, and the Findings section
 shows each budget on its own. The rules (``docs/findings.md`` has them with a worked example):
 

@@ -32,6 +32,7 @@ from analysis.lrgrid import LrGrids, lr_grids
 from analysis.recipes import TITLES as BEYOND_TITLES  # runs beyond the study
 from analysis.recipes import beyond_tables
 from analysis.runs import completed, epoch_curves, load_runs, load_scalars
+from analysis.study import SECOND_REFERENCE
 from analysis.tables import all_tables, to_markdown
 
 LR_TITLE = "Optimizers at their best learning rate"
@@ -85,7 +86,7 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
     files = []
     for name, table in report.tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.md").write_text(f"## {TITLES[name]}\n\n{to_markdown(table)}")
+        (out / f"{name}.md").write_text(table_sections(name, table))
         files += [out / f"{name}.csv", out / f"{name}.md"]
     report.findings.checks.to_csv(out / "findings.csv", index=False)
     report.findings.summary.to_csv(out / "findings_summary.csv", index=False)
@@ -115,6 +116,20 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
     return report
 
 
+def table_sections(name: str, table: pd.DataFrame) -> str:
+    """A table's Markdown, one section per budget (``conf/budget/``) with the budget in its title."""
+    budgets = list(dict.fromkeys(table["Budget"])) if "Budget" in table.columns and not table.empty else []
+    if not budgets:
+        return f"## {TITLES[name]}\n\n{to_markdown(table)}"
+    parts = []
+    for budget in budgets:
+        rows = table[table["Budget"] == budget].drop(columns="Budget")
+        if "Envelope" in rows.columns and not rows["Envelope"].astype(bool).any():
+            rows = rows.drop(columns="Envelope")
+        parts.append(f"## {TITLES[name]}, budget {budget}\n\n{to_markdown(rows)}")
+    return "\n".join(parts)
+
+
 def _index(report: Report, files: list[Path], paths: list[Path]) -> str:
     runs = report.runs
     lines = [
@@ -126,10 +141,14 @@ def _index(report: Report, files: list[Path], paths: list[Path]) -> str:
         "Cells read `ours (study X, diff ours-X)` where the run reproduces a configuration of the study.",
         "A configuration run with several seeds shows `mean ± std (n=k)` (sample std over its seeds; the",
         "difference is mean - study); the CSV adds each mean's Student-t 95% interval (`(ci95 low|high)`).",
+        "Each table and figure shows one budget (`conf/budget/`: `full` is the study's, `cpu` a reduced",
+        "study), named in its title. Table 2's full-scale rows add a second reference run of the same",
+        f"assignment ({SECOND_REFERENCE}) and say where our mean and its seed interval lie against the",
+        "envelope [min, max] of the study's and that run's validation accuracy.",
         "",
     ]
     for name, table in report.tables.items():
-        lines += [f"## {TITLES[name]}", "", to_markdown(table), f"CSV: `{name}.csv`", ""]
+        lines += [table_sections(name, table), f"CSV: `{name}.csv`", ""]
     pngs = [f for f in files if f.suffix == ".png"]
     if pngs:
         lines += ["## Figures", "", f"Configurations with several seeds: mean curve, {BAND}.", ""]

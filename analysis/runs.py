@@ -177,6 +177,8 @@ def config_keys(config: dict[str, Any], summary: dict[str, Any] | None = None) -
       comparisons pair groups of one setting (same budget, data, lr, ...).
     """
     flat = _flat(config)
+    if flat:  # a run from before budgets had a name ran the default budget: one configuration with its seeds
+        flat.setdefault("budget", "full")
     if not flat:  # no config file: the overrides without the seed say what the run was
         overrides = [
             o
@@ -274,8 +276,11 @@ def describe_run(run: Path) -> dict[str, Any]:
 
 
 def budget_name(config: dict) -> str:
-    """The run's budget (``budget.name`` of its config: ``full``, ``cpu``, ...); ``full`` when absent."""
-    name = _get(config, "budget.name")
+    """The run's budget (``budget`` of its config, conf/budget/: ``full``, ``cpu``, ...); a run from
+    before budgets had a name ran the default, ``full``."""
+    name = config.get("budget")
+    if isinstance(name, dict):  # an early form, {name: ...}
+        name = name.get("name")
     return str(name) if name else "full"
 
 

@@ -7,6 +7,10 @@ interval of the mean; NaN for one run), ``<column> (study)`` and ``<column> (dif
 ``Config`` is the study's row where the configuration reproduces one (``study_config`` from the
 preset, or an exact configuration match) and ``-`` otherwise; ``n``, ``Seeds`` and ``Run`` (the
 run directories, ``; ``-separated) name the runs; a ``Note`` says when a row is not comparable.
+``Budget`` (``conf/budget/``) is part of a configuration: rows are ordered by budget and never
+mix two. Table 2 adds the second reference (:data:`analysis.study.SECOND_REFERENCE`) as
+``Val Acc (ref2)`` and, for its full-scale rows (:func:`full_scale`), ``Envelope``: where our mean
+and its seed interval lie against ``[min, max]`` of the study's and the second reference's number.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from analysis.findings import seeds
 from analysis.runs import completed
 from analysis.stats import summarize
 from analysis.study import (
+    SECOND_REFERENCE,
     TABLE1_COLUMNS,
     TABLE1_METRICS,
     TABLE2_COLUMNS,
@@ -25,6 +30,7 @@ from analysis.study import (
     TABLE3_COLUMNS,
     architecture,
     config_label,
+    second_reference,
     study_rows,
 )
 
@@ -40,8 +46,58 @@ def _sort_key(study_config: str | None) -> tuple:
 
 
 def _ordered(runs: pd.DataFrame) -> pd.DataFrame:
+    """By budget, then the study's row, then label."""
     keys = runs["study_config"].map(_sort_key)
-    return runs.assign(_key=keys).sort_values(["_key", "label"]).drop(columns="_key")
+    budgets = runs["budget"] if "budget" in runs.columns else pd.Series("full", index=runs.index)
+    return (
+        runs.assign(_key=keys, _budget=budgets.fillna("full"))
+        .sort_values(["_budget", "_key", "label"])
+        .drop(columns=["_key", "_budget"])
+    )
+
+
+def full_scale(run: pd.Series) -> bool:
+    """A run at the study's full scale: budget ``full``, a study row matched (its epochs), the
+    whole training split and every batch of it."""
+    subset, limit = run.get("train_subset"), run.get("limit_train_batches")
+    return (
+        (run.get("budget") or "full") == "full"
+        and isinstance(run.get("study_config"), str)
+        and not (pd.notna(subset) and subset)
+        and (limit is None or pd.isna(limit) or limit in (1, 1.0))
+    )
+
+
+def envelope(low: float, high: float, mean: float, ci_low: float, ci_high: float) -> str:
+    """Where ``mean`` and its interval ``[ci_low, ci_high]`` (NaN for one run) lie against the
+    envelope ``[low, high]`` of two references."""
+    where = "inside" if low <= mean <= high else "above" if mean > high else "below"
+    if np.isnan(ci_low) or np.isnan(ci_high):
+        return f"mean {where} [{low:.4f}, {high:.4f}] (one seed: no interval)"
+    if low <= ci_low and ci_high <= high:
+        return f"inside [{low:.4f}, {high:.4f}] with its interval"
+    if ci_low > high or ci_high < low:
+        return f"{where} [{low:.4f}, {high:.4f}] with its interval"
+    return f"mean {where} [{low:.4f}, {high:.4f}], interval crosses its edge"
+
+
+def _with_second_reference(table: pd.DataFrame, groups: list[pd.DataFrame]) -> pd.DataFrame:
+    """On full-scale rows: ``Val Acc (ref2)`` and ``Envelope`` (see :func:`envelope`)."""
+    refs, verdicts = [], []
+    for members, (_, row) in zip(groups, table.iterrows()):
+        first = members.iloc[0]
+        ref = second_reference(first["study_config"]) if full_scale(first) else np.nan
+        study = row.get("Val Acc (study)")
+        refs.append(ref)
+        if not np.isnan(ref) and pd.notna(study) and pd.notna(row["Val Acc"]):
+            low, high = min(ref, study), max(ref, study)
+            verdicts.append(envelope(low, high, row["Val Acc"], row["Val Acc (ci95 low)"], row["Val Acc (ci95 high)"]))
+        else:
+            verdicts.append("")
+    table["Val Acc (ref2)"] = refs
+    if any(verdicts):
+        table["Envelope"] = verdicts
+    return table
 
 
 def _note(run: pd.Series, study: pd.Series | None) -> str:
@@ -65,7 +121,7 @@ def _note(run: pd.Series, study: pd.Series | None) -> str:
 
 # per metric column of a table, beside the mean: its spread over the configuration's seeds
 SPREAD_SUFFIXES = (" (std)", " (n)", " (ci95 low)", " (ci95 high)")
-STUDY_SUFFIXES = (" (study)", " (diff)")
+STUDY_SUFFIXES = (" (study)", " (diff)", " (ref2)")
 DERIVED_SUFFIXES = SPREAD_SUFFIXES + STUDY_SUFFIXES
 
 
@@ -137,6 +193,7 @@ def _study_table(
         row = {
             "Config": config_label(first["study_config"]) if isinstance(first["study_config"], str) else "-",
             "Label": first["label"],
+            "Budget": first.get("budget") or "full",
             **describe(first),
         }
         for column, key in metrics.items():
@@ -151,6 +208,8 @@ def _study_table(
     table = _with_study(
         pd.DataFrame(rows), [g.iloc[0]["study_config"] for g in groups], metrics if compared is None else compared
     )
+    if task == "vit" and "Val Acc" in metrics:
+        table = _with_second_reference(table, groups)
     return _order_columns(table)
 
 
@@ -161,7 +220,7 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
         "lstm",
         lambda run: {"Optimizer": run["optimizer_name"], "Layers": run["num_layers"], "Epochs": run["epochs"]},
         TABLE1_METRICS,
-        ["Config", "Label", *TABLE1_COLUMNS, "n", "Seeds", "Note", "Run"],
+        ["Config", "Label", "Budget", *TABLE1_COLUMNS, "n", "Seeds", "Note", "Run"],
     )
 
 
@@ -178,7 +237,7 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
             "Epochs": run["epochs"],
         },
         TABLE2_METRICS,
-        [*TABLE2_COLUMNS, "Label", "Epochs", "n", "Seeds", "Note", "Run"],
+        [*TABLE2_COLUMNS, "Label", "Budget", "Epochs", "n", "Seeds", "Note", "Run"],
     )
 
 
@@ -195,7 +254,7 @@ def table3(runs: pd.DataFrame) -> pd.DataFrame:
             "Optimizer": run["optimizer_name"],
         },
         {"GPU memory (MB)": "peak_memory_mb", "Peak RSS (MB)": "peak_rss_mb"},
-        [*TABLE3_COLUMNS, "Label", "Peak RSS (MB)", "n", "Seeds", "Run"],
+        [*TABLE3_COLUMNS, "Label", "Budget", "Peak RSS (MB)", "n", "Seeds", "Run"],
         compared={"GPU memory (MB)": "peak_memory_mb"},
     )
 
@@ -238,7 +297,11 @@ def to_markdown(table: pd.DataFrame, decimals: int = 4) -> str:
                 study = _fmt(row[f"{col} (study)"], digits)
                 cell = cell or "n/a"
                 diff = row[f"{col} (diff)"]
-                cell += f" (study {study}, diff {diff:+.{digits}f})" if pd.notna(diff) else f" (study {study})"
+                ref2 = row.get(f"{col} (ref2)")
+                more = f"; {SECOND_REFERENCE} {_fmt(ref2, digits)}" if ref2 is not None and pd.notna(ref2) else ""
+                cell += (
+                    f" (study {study}, diff {diff:+.{digits}f}{more})" if pd.notna(diff) else f" (study {study}{more})"
+                )
             cells.append(cell.replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmvit.config import validate
 from lmvit.errors import ConfigError
 from lmvit.runs import check_checkpoint, checkpoint, load_model, run_config, run_dir
 
@@ -106,7 +105,6 @@ class TextGenerator:
         """The run's checkpoint (``best``, ``last`` or a path) and its tokenizer, rebuilt from the run's
         data config (``data`` overrides, e.g. ``{"data_dir": ..., "tokenizer_dir": ...}``)."""
         from hydra.utils import instantiate
-        from omegaconf import OmegaConf
 
         run = run_dir(run)
         cfg = run_config(run, data=data)
@@ -115,8 +113,6 @@ class TextGenerator:
                 f"Invalid setting run={str(run)!r}: a {cfg.get('task')} run; text generation needs "
                 "a language model run (model=lstm)."
             )
-        sections = ["task", "model", "data"]  # what generation uses, checked as train.py checks it
-        validate(OmegaConf.masked_copy(cfg, sections), reference=OmegaConf.masked_copy(run_config(run), sections))
         path = checkpoint(run, ckpt)
         check_checkpoint(path, lambda other: f"python generate.py run={run} ckpt={other}")
         model = load_model(cfg, path, map_location=map_location)

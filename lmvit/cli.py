@@ -154,3 +154,26 @@ def allow_null_groups(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) 
         if sep and value == "null" and key.lstrip("+") in groups:  # (scheduler=none is a real option)
             argv[i] = f"~{key.lstrip('+')}"
     return argv
+
+
+def refuse_unknown_choices(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) -> None:
+    """``group=option`` on the command line naming no file of ``conf/<group>/`` ends the program
+    with one line (Hydra's own message lists the search path over several lines). Only top-level
+    groups of ``conf_dir`` (not Hydra's own) and plain values or comma-separated sweeps are
+    checked; anything else (``glob(...)``, interpolations) is left to Hydra."""
+    argv = sys.argv if argv is None else argv
+    groups = {d.name for d in conf_dir.iterdir() if d.is_dir() and d.name != "hydra"}
+    for arg in argv[1:]:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or key not in groups or any(c in value for c in "()${}[]*?'\""):
+            continue
+        options = sorted(str(p.relative_to(conf_dir / key).with_suffix("")) for p in (conf_dir / key).rglob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in ("null", "") and choice not in options:
+                top = [o for o in options if "/" not in o]
+                print(
+                    f"{key}={choice}: no such option in conf/{key}/; choose one of {', '.join(top)}",
+                    file=sys.stderr,
+                )
+                raise SystemExit(2)

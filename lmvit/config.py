@@ -42,32 +42,6 @@ LIGHTNING_RULES: dict[str, Rule] = {
 }
 
 
-# which data module each model trains on (a check across the model and data groups)
-MODEL_DATA = {
-    "lightning_modules.vit_classifier.ViTClassifier": ("datamodules.cifar10.CIFAR10DataModule", "data=cifar10"),
-    "lightning_modules.language_model.LanguageModel": (
-        "datamodules.wikitext2.WikiText2DataModule",
-        "data=wikitext2 or data=wikitext2_offline",
-    ),
-}
-
-
-def _check_model_data(cfg: DictConfig) -> None:
-    """A model paired with the other task's data module (``model=lstm data=cifar10``): one line."""
-    model = str(OmegaConf.select(cfg, "model._target_", default="") or "")
-    data = str(OmegaConf.select(cfg, "data._target_", default="") or "")
-    if model not in MODEL_DATA or not data:
-        return
-    wanted, choice = MODEL_DATA[model]
-    if data != wanted:
-        name = model.rsplit(".", 1)[-1]
-        raise ConfigError(
-            f"Invalid setting data: model={cfg.get('task') or name} ({name}) trains on "
-            f"{wanted.rsplit('.', 1)[-1]}, not {data.rsplit('.', 1)[-1]}. Leave data= out (each model "
-            f"brings its own data) or pass {choice}."
-        )
-
-
 def _fail(key: str, value: Any, allowed: str) -> None:
     raise invalid(key, value, allowed)
 
@@ -103,7 +77,6 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
     ``reference``, the default config of the same groups (no value overrides), adds a type check of
     every setting: a word where the default is a number (or a flag), a fraction where it is an
     integer, is refused whatever the setting."""
-    _check_model_data(cfg)
     if reference is not None:
         check_types(cfg, reference)
     for key, (ok, allowed) in LIGHTNING_RULES.items():
@@ -239,7 +212,7 @@ HPARAM_COLUMNS = {
     "seed": "seed",
     "label": "label",
 }
-HPARAM_GROUPS = ("task", "experiment", "study_config", "model", "optimizer", "scheduler", "data", "trainer")
+HPARAM_GROUPS = ("task", "experiment", "study_config", "budget", "model", "optimizer", "scheduler", "data", "trainer")
 # settings that do not change what is learnt (where files go, how fast data loads, how often to log)
 NOT_HPARAMS = (
     "embeddings_path",

@@ -9,20 +9,34 @@ hook and record nothing. The report's figures are drawn from synthetic run direc
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 from functools import partial
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from scipy import stats
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
-from analysis.dynamics import grad_norm_summary, load_dynamics, write_dynamics
+from analysis.dynamics import (
+    SeedInterval,
+    configurations,
+    ffn_per_layer,
+    load_dynamics,
+    load_init,
+    mean_over_seeds,
+    write_dynamics,
+    xiong_sentence,
+    xiong_verdict,
+)
 from lightning_modules.callbacks.dynamics import TrainingDynamics, parameter_groups
 from lightning_modules.language_model import LanguageModel
 from lightning_modules.vit_classifier import ViTClassifier
@@ -197,67 +211,220 @@ def test_lstm_norms_match_hand_computation():
             assert_close_rel(torch.tensor(record["residual_norm"][name]), _token_norm(outs[name]), msg=name)
 
 
-# -- the report's figures from synthetic runs --------------------------------------------------------
-def _synthetic_run(root: Path, name: str, study_config: str, blocks: list[str], grad, ratio) -> Path:
-    """A completed run directory whose dynamics.jsonl holds known numbers: grad(step, i) and
-    ratio(step) for block i at steps 0, 10, ..., 90."""
+# -- the measurement at initialisation -------------------------------------------------------------
+def test_ffn_gradient_norms_at_init_match_hand_computation():
+    """init_batches passes on the first batches, no step: each block's FFN second weight (the MLP's
+    output Linear) gradient norm, against a copy of the net and plain cross-entropy by hand."""
+    torch.manual_seed(0)
+    module = ViTClassifier(
+        optimizer=partial(torch.optim.SGD, lr=0.05), embed_dim=16, hidden_dim=32, num_heads=2, num_layers=3, norm="post"
+    )
+    reference = copy.deepcopy(module.net)
+    x, y = torch.randn(STEPS * 8, 3, 32, 32), torch.randint(0, 10, (STEPS * 8,))
+    dyn = TrainingDynamics(every_n_steps=EVERY, init_batches=2)
+    _fit(module, TensorDataset(x, y), [dyn])
+    assert [r["batch"] for r in dyn.init_records] == [0, 1]
+    assert set(reference.ffn_output_weights()) == {"block0", "block1", "block2"}
+    for k, record in enumerate(dyn.init_records):
+        reference.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(reference(x[8 * k : 8 * k + 8]), y[8 * k : 8 * k + 8]).backward()
+        for i, block in enumerate(reference.blocks):
+            by_hand = block.mlp[3].weight.grad.norm()
+            assert_close_rel(torch.tensor(record["ffn_grad_norm"][f"block{i}"]), by_hand, msg=f"batch {k} block{i}")
+        whole = torch.cat([p.grad.flatten() for p in reference.blocks[1].parameters()]).norm()
+        assert_close_rel(torch.tensor(record["grad_norm"]["block1"]), whole)
+    for record in dyn.records:  # and on logging steps
+        assert sorted(record["ffn_grad_norm"]) == ["block0", "block1", "block2"]
+
+
+def _losses(init_batches: int) -> tuple[list[float], list[torch.Tensor]]:
+    """A tiny ViT with dropout (it draws from the global RNG) trained 5 steps on the real seeded
+    training loader; the loss of every step and the final weights."""
+    from datamodules.sampling import make_loader
+
+    pl.seed_everything(3, verbose=False)
+    module = ViTClassifier(
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        embed_dim=16,
+        hidden_dim=32,
+        num_heads=2,
+        num_layers=2,
+        dropout=0.2,
+    )
+    data = TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+
+    class Indexed(torch.utils.data.Dataset):  # the loader yields (index, augmentation seed) pairs
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, item):
+            return data[item[0]]
+
+    losses: list[float] = []
+
+    class Keep(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=STEPS,
+        callbacks=[TrainingDynamics(every_n_steps=2, init_batches=init_batches), Keep()],
+    )
+    loader = make_loader(Indexed(), train=True, batch_size=8, num_workers=0, pin_memory=False, seed=3)
+    trainer.fit(module, loader)
+    return losses, [p.detach().clone() for p in module.parameters()]
+
+
+def test_measuring_at_init_does_not_change_training():
+    off_losses, off_weights = _losses(0)
+    on_losses, on_weights = _losses(3)
+    assert len(on_losses) == STEPS and on_losses == off_losses  # bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(on_weights, off_weights))
+
+
+# -- the report from synthetic runs ------------------------------------------------------------------
+def _synthetic_run(
+    root: Path, name: str, study_config: str, layers: int, norm: str, seed: int, ffn, lr: float = 3e-4, ratio=None
+) -> Path:
+    """A completed run (config.yaml + metrics.json + dynamics.jsonl) with known numbers: at
+    initialisation ffn(batch, i) for block i over 4 batches; logged steps 0, 10, ..., 90 hold
+    ffn(100 + step, i) and the update ratio ratio(step)."""
+    import yaml
+
     run = root / name
     run.mkdir(parents=True)
+    optimizer = {"adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}[name.split("_")[0] if "_" in name else "adamw"]
+    config = {
+        "task": "vit",
+        "seed": seed,
+        "optimizer": {"_target_": optimizer, "lr": lr},
+        "model": {"num_layers": layers, "norm": norm},
+        "trainer": {"max_epochs": 10},
+        "study_config": study_config,
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "metrics.json").write_text(
-        json.dumps({"status": "completed", "task": "vit", "experiment": {"study_config": study_config, "label": name}})
+        json.dumps({"status": "completed", "task": "vit", "seed": seed, "experiment": {"study_config": study_config}})
     )
+    blocks = [f"block{i}" for i in range(layers)]
     with (run / "dynamics.jsonl").open("w") as f:
+        for k in range(4):
+            f.write(
+                json.dumps(
+                    {
+                        "phase": "init",
+                        "batch": k,
+                        "step": 0,
+                        "ffn_grad_norm": {b: ffn(k, i) for i, b in enumerate(blocks)},
+                    }
+                )
+                + "\n"
+            )
         for step in range(0, 100, 10):
+            r = ratio(step) if ratio else 1e-3
             record = {
                 "step": step,
                 "epoch": 0,
-                "grad_norm": {b: grad(step, i) for i, b in enumerate(blocks)},
-                "weight_norm": {b: 10.0 for b in blocks},
-                "update_ratio": {**{b: ratio(step) for b in blocks}, "all": ratio(step)},
-                "residual_norm": {b: 1.0 for b in blocks},
+                "ffn_grad_norm": {b: ffn(100 + step, i) for i, b in enumerate(blocks)},
+                "update_ratio": {**{b: r for b in blocks}, "all": r},
             }
             f.write(json.dumps(record) + "\n")
         f.write('{"step": 100, "grad_no')  # a torn last line (a killed run) is skipped
     return run
 
 
-def test_figures_from_synthetic_dynamics(tmp_path):
+GROWTH = {1: 2.0, 2: 1.8, 3: 2.2}  # post-norm's factor per layer at init, per seed
+
+
+def test_xiong_pattern_from_synthetic_seeds(tmp_path):
     from analysis import load_runs
 
-    vit6 = ["embed"] + [f"block{i}" for i in range(6)] + ["head"]
-    # post-norm: gradients grow towards the output at first (x2 per block), flat at the end; pre-norm flat
-    _synthetic_run(tmp_path, "post", "table2/7", vit6, lambda s, i: 2.0**i if s == 0 else 1.0, lambda s: 1e-3)
-    _synthetic_run(tmp_path, "pre", "table2/6", vit6, lambda s, i: 1.0 if s == 0 else 0.5, lambda s: 1e-3)
-    vit2 = ["embed", "block0", "block1", "head"]
-    _synthetic_run(tmp_path, "sgd", "table2/3", vit2, lambda s, i: 1.0, lambda s: 1e-6 * (1 + s))
-    _synthetic_run(tmp_path, "adamw", "table2/2", vit2, lambda s, i: 1.0, lambda s: 1e-3)
+    for seed, g in GROWTH.items():
+        # post-norm grows g-fold per layer at init (batches differ by a constant factor), flat later
+        _synthetic_run(
+            tmp_path,
+            f"post{seed}",
+            "table2/7",
+            6,
+            "post",
+            seed,
+            lambda k, i, g=g: (1 + 0.1 * k) * g**i if k < 100 else 1.0,
+        )
+        # pre-norm shrinks slightly per layer
+        _synthetic_run(tmp_path, f"pre{seed}", "table2/6", 6, "pre", seed, lambda k, i, s=seed: 0.97**i * s)
+    frame = load_init(tmp_path / "post1")
+    assert sorted(frame["batch"].unique()) == [0, 1, 2, 3]
+    assert sorted(load_dynamics(tmp_path / "post1")["step"].unique()) == list(range(0, 100, 10))  # init not there
+    assert ffn_per_layer(tmp_path / "post1", "init")["block3"] == pytest.approx(1.15 * 8)  # mean of 1, 1.1, 1.2, 1.3
 
-    frame = load_dynamics(tmp_path / "post")
-    assert sorted(frame["step"].unique()) == list(range(0, 100, 10))
-    summary = grad_norm_summary(frame)
-    assert summary["early_step"] == 0 and summary["late_steps"] == [50, 90]
-    assert summary["early_last_over_first"] == pytest.approx(2.0**6 / 2.0)  # block5 / block0
-    assert summary["late_last_over_first"] == pytest.approx(1.0)
-
-    out = tmp_path / "report"
-    report = write_dynamics(load_runs(tmp_path), out)
-    assert [f.name for f in report.files] == [
-        "dynamics_grad_norm_by_layer.png",
-        "dynamics_grad_norm_by_layer.csv",
-        "dynamics_update_ratio.png",
-        "dynamics_update_ratio.csv",
+    report = write_dynamics(load_runs(tmp_path), tmp_path / "report")
+    post = next(v for k, v in report.summary.items() if k.startswith("post-norm"))
+    slopes = [math.log(g) for g in GROWTH.values()]  # ln(norm) = const + i ln g exactly
+    expected = stats.t.interval(0.95, 2, loc=np.mean(slopes), scale=stats.sem(slopes))
+    got = post["init"]["slope"]
+    assert got.n == 3 and got.mean == pytest.approx(np.mean(slopes), rel=1e-9)
+    assert (got.low, got.high) == pytest.approx(expected, rel=1e-9)
+    assert post["late"]["slope"].mean == pytest.approx(0.0, abs=1e-12)
+    pre = next(v for k, v in report.summary.items() if k.startswith("pre-norm"))
+    assert pre["init"]["slope"].mean == pytest.approx(math.log(0.97), rel=1e-9)
+    (init, late) = report.summary["xiong"]
+    assert init["verdict"] == "appears" and late["verdict"] == "does not appear"
+    assert init["sentence"].startswith("Xiong et al.'s pattern (post-norm's gradients growing toward the output")
+    assert "appears at initialisation" in report.markdown and "(n=3)" in report.markdown
+    table = pd.read_csv(tmp_path / "report" / "dynamics_grad_norm_by_layer.csv")
+    row = table[
+        table["configuration"].str.startswith("post") & (table["when"] == "init") & (table["block"] == "block2")
     ]
-    table = pd.read_csv(out / "dynamics_grad_norm_by_layer.csv")
-    post_early = table[(table["configuration"].str.startswith("post")) & (table["when"] == "early")].iloc[0]
-    assert post_early["block5"] == 2.0**6 and post_early["last/first"] == 32.0
-    for f in report.files[::2]:
-        image = matplotlib.image.imread(f)
-        assert image.shape[0] > 200 and image.shape[1] > 400
-    sgd = next(v for k, v in report.summary.items() if k.startswith("SGD"))
-    assert sgd["median_update_ratio"] == pytest.approx(1e-6 * (1 + 45))  # median of steps 0..90
-    assert "| post-norm (table2/7, n=1) | 0 | 32 | 50-90 | 1 |" in report.markdown
-    # the configurations without runs are named, with the command that makes them
-    assert "table2/1, table2/4" in report.markdown and "experiment=table2_1_adam" in report.markdown
+    geo = math.exp(np.mean([math.log(1.15 * g**2) for g in GROWTH.values()]))  # geometric mean over seeds
+    assert row["mean"].iloc[0] == pytest.approx(geo, rel=1e-9)
+    image = matplotlib.image.imread(tmp_path / "report" / "dynamics_grad_norm_by_layer.png")
+    assert image.shape[0] > 200 and image.shape[1] > 400
+
+
+def test_verdict_and_sentence_logic():
+    up, flat, down = (
+        SeedInterval(3, 0.5, 0.3, 0.7),
+        SeedInterval(3, 0.0, -0.02, 0.02),
+        SeedInterval(3, -0.2, -0.3, -0.1),
+    )
+    assert xiong_verdict(flat, up) == "appears" and xiong_verdict(down, up) == "appears"
+    assert xiong_verdict(up, up) == "does not appear"  # pre-norm grows too
+    assert xiong_verdict(flat, down) == "does not appear"  # post-norm shrinks
+    assert xiong_verdict(flat, SeedInterval(3, 0.1, -0.1, 0.3)) == "unclear"
+    one = SeedInterval(1, 0.5, math.nan, math.nan)
+    assert xiong_verdict(flat, one) == "not tested"
+    sentence = xiong_sentence(flat, one)
+    assert "is not tested: post-norm has fewer than two seeds" in sentence and "+0.500 (n=1, no interval)" in sentence
+    assert "+0.500 [+0.300, +0.700] (n=3)" in xiong_sentence(flat, up)
+
+
+def test_seeds_of_one_configuration_only(tmp_path):
+    """Two learning rates of one study row are two configurations: two lines of n=1, never n=2;
+    averaging them as seeds is refused."""
+    from analysis import load_runs
+
+    for lr in (3e-4, 1e-2):
+        _synthetic_run(
+            tmp_path, f"sgd_{lr}", "table2/3", 2, "pre", 1, lambda k, i: 1.0, lr=lr, ratio=lambda s, lr=lr: lr
+        )
+    runs = load_runs(tmp_path)
+    groups = configurations(runs, "table2/3", {})
+    assert [len(g) for g in groups] == [1, 1]
+    with pytest.raises(ValueError, match="runs of 2 configurations .* cannot be averaged as seeds"):
+        mean_over_seeds(runs)
+    report = write_dynamics(runs, tmp_path / "report")
+    labels = [k for k in report.summary if k.startswith("SGD")]
+    assert sorted(labels) == [
+        "SGD (table2/3, lr 0.0003, budget full, n=1)",
+        "SGD (table2/3, lr 0.01, budget full, n=1)",
+    ]
+    assert report.summary[labels[1]]["median_update_ratio"] == pytest.approx(1e-2)
 
 
 def test_no_runs_no_figures_and_a_note(tmp_path):
@@ -351,6 +518,9 @@ def test_train_py_writes_dynamics_and_the_report_draws_them(tmp_path, data_dir):
     (run,) = find_runs(tmp_path)
     frame = load_dynamics(run)
     assert sorted(frame["step"].unique()) == [0, 2, 4]  # 2 epochs x 3 batches, every 2 steps
+    init = load_init(run)  # at initialisation: the 3 batches of the epoch (debug=fast), 6 FFN matrices each
+    assert sorted(init["batch"].unique()) == [0, 1, 2]
+    assert len(init[init["metric"] == "ffn_grad_norm"]) == 3 * 6 and init["value"].gt(0).all()
     blocks = ["embed"] + [f"block{i}" for i in range(6)] + ["head"]
     for metric in ("grad_norm", "weight_norm", "update_ratio", "residual_norm"):
         logged = set(frame[frame["metric"] == metric]["block"])
@@ -365,5 +535,6 @@ def test_train_py_writes_dynamics_and_the_report_draws_them(tmp_path, data_dir):
     report = write_report(tmp_path / "debug", tmp_path / "report")  # debug presets write below <log_dir>/debug
     assert (tmp_path / "report" / "dynamics_grad_norm_by_layer.png") in report.files
     readme = (tmp_path / "report" / "README.md").read_text()
-    assert "## Training dynamics" in readme and "post-norm (table2/7, n=1)" in readme
+    assert "## Training dynamics" in readme and "post-norm (table2/7, lr 0.0003, budget full, n=1)" in readme
+    assert "Xiong et al.'s pattern: no pre-norm and post-norm configuration of one setting" in readme  # no verdict
     assert "no run with dynamics for table2/6" in readme

@@ -1,13 +1,24 @@
 """Training dynamics every N optimizer steps: per-block gradient norm, weight norm, update-to-weight
 ratio and the norm of the residual stream after each block.
 
-Blocks (:func:`parameter_groups`, :func:`residual_points`):
+Blocks (:func:`parameter_groups`, :func:`residual_points`) are those the net declares with
+``dynamics_blocks()`` (name -> parameter-name prefixes, input side first):
 
 * ViT: ``embed`` (``patch_embed``, ``cls_token``, ``pos_embed``), ``block<i>`` (``net.blocks.<i>``),
   ``head`` (final LayerNorm + classifier);
 * LSTM: ``embedding`` (tied with the output layer), ``layer<i>`` (``lstm.*_l<i>``), ``projection``;
 * another net: one group per top-level child (``<child><i>`` for the items of a Sequential or
   ModuleList), and no residual-stream norms.
+
+A net with ``ffn_output_weights()`` (the ViT: each block's FFN second weight matrix) also gets
+``ffn_grad_norm`` per block, the quantity Xiong et al. (2020) compare between pre- and post-norm.
+
+At initialisation (``on_train_start`` of a run at step 0) the callback runs ``init_batches``
+forward and backward passes on the first training batches of epoch 0 (the ones training is about
+to see), without any optimizer step, and records each pass's per-block gradient norms as
+``{"phase": "init", "batch": k, ...}`` lines. The random-number generators (torch, CUDA, numpy,
+Python), the gradients and the training metrics are restored afterwards, so training is the same
+with and without this measurement.
 
 On a logging step (``global_step % every_n_steps == 0``) the callback registers forward hooks on the
 blocks for that step's forward pass, reads the gradients before the optimizer step (before gradient
@@ -18,70 +29,68 @@ logging step. Other steps run no code of it beyond an integer test: no hooks, no
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import logging
-import re
+import random
 from collections import OrderedDict
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
+from lightning_modules.nets.lstm import LSTMLanguageModel
+from lightning_modules.nets.vit import VisionTransformer
 from lmvit.settings import FLAG, NON_NEGATIVE_INT, POSITIVE_INT, Checked
 
 log = logging.getLogger(__name__)
 
-METRICS = ("grad_norm", "weight_norm", "update_ratio", "residual_norm", "ffn_grad_norm")
-INIT = "init_ffn_grad_norm"  # the record of the FFN output weights' gradients at initialisation
+METRICS = ("grad_norm", "ffn_grad_norm", "weight_norm", "update_ratio", "residual_norm")
 ALL = "all"  # the whole net, beside its blocks
 
 
 # -- which parameters and activations belong to which block ------------------------------------
-def _is_vit(net: nn.Module) -> bool:
-    return all(hasattr(net, a) for a in ("patch_embed", "blocks", "head"))
-
-
-def _is_lstm_lm(net: nn.Module) -> bool:
-    return isinstance(getattr(net, "lstm", None), nn.LSTM) and hasattr(net, "embedding")
-
-
-def _group_of(name: str, net: nn.Module) -> str:
+def _generic_group(name: str) -> str:
     parts = name.split(".")
-    if _is_vit(net):
-        if parts[0] in ("patch_embed", "cls_token", "pos_embed"):
-            return "embed"
-        if parts[0] == "blocks":
-            return f"block{parts[1]}"
-        return parts[0]
-    if _is_lstm_lm(net):
-        if parts[0] != "lstm":
-            return parts[0]  # embedding (tied with the classifier), projection
-        match = re.search(r"_l(\d+)", parts[1])
-        return f"layer{match.group(1)}" if match else "lstm"
     if len(parts) > 2 and parts[1].isdigit():
         return f"{parts[0]}{parts[1]}"
     return parts[0]
 
 
+def _declared_group(name: str, declared: dict[str, list[str]]) -> str | None:
+    for block, prefixes in declared.items():
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return block
+    return None
+
+
 def parameter_groups(net: nn.Module) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
-    """Trainable parameters by block, in the net's order (a tied parameter counts once, under the
-    first name it has: the LSTM's embedding)."""
-    groups: OrderedDict[str, list[tuple[str, nn.Parameter]]] = OrderedDict()
+    """Trainable parameters by block: the net's ``dynamics_blocks()`` in their order (a tied
+    parameter counts once, under the first name it has: the LSTM's embedding), else one group per
+    top-level child."""
+    declared = net.dynamics_blocks() if hasattr(net, "dynamics_blocks") else {}
+    groups: OrderedDict[str, list[tuple[str, nn.Parameter]]] = OrderedDict((b, []) for b in declared)
     for name, p in net.named_parameters():
         if p.requires_grad:
-            groups.setdefault(_group_of(name, net), []).append((name, p))
-    return groups
+            groups.setdefault(_declared_group(name, declared) or _generic_group(name), []).append((name, p))
+    return OrderedDict((b, params) for b, params in groups.items() if params)
+
+
+def ffn_weights(net: nn.Module) -> dict[str, nn.Parameter]:
+    """Per block, the FFN's second weight matrix, where the net declares it."""
+    return net.ffn_output_weights() if hasattr(net, "ffn_output_weights") else {}
 
 
 def residual_points(net: nn.Module) -> list[tuple[str, nn.Module, str]]:
     """(name, module, ``"input"`` | ``"output"``): where the residual stream is read, in order."""
-    if _is_vit(net):
+    if isinstance(net, VisionTransformer):
         points = [("embed", net.blocks[0], "input")]  # what enters the first block: patches + cls + pos
         points += [(f"block{i}", block, "output") for i, block in enumerate(net.blocks)]
         return points + [("head", net.head, "output")]
-    if _is_lstm_lm(net):
+    if isinstance(net, LSTMLanguageModel):
         # the LSTM's layers are one fused module: its hook reads every layer (see _lstm_layers)
         return [
             ("embedding", net.embedding, "output"),
@@ -115,11 +124,47 @@ def _norm_of_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
 
 
+def _first_batches(trainer, k: int) -> list:
+    """The first ``k`` batches of epoch 0 of the training loader (at most the epoch's batches),
+    built from a copy of its sampler: the loader itself, its sampler and workers are not touched."""
+    loader = trainer.train_dataloader
+    batch_size = getattr(loader, "batch_size", None)
+    if not isinstance(loader, torch.utils.data.DataLoader) or not batch_size or loader.sampler is None:
+        return []
+    limit = trainer.num_training_batches
+    k = min(k, int(limit)) if limit != float("inf") else k
+    indices = list(itertools.islice(iter(copy.copy(loader.sampler)), k * batch_size))
+    chunks = [indices[i : i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+    return [loader.collate_fn([loader.dataset[i] for i in chunk]) for chunk in chunks]
+
+
+@contextmanager
+def _rng_kept(device: torch.device):
+    """Every random-number generator a training step may draw from, restored on exit."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    py_state = random.getstate()
+    np_state = None
+    try:
+        import numpy as np
+
+        np_state = np.random.get_state()
+    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
+        pass
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py_state)
+        if np_state is not None:
+            np.random.set_state(np_state)
+
+
 # -- the callback --------------------------------------------------------------------------------
 class TrainingDynamics(Checked, pl.Callback):
     """Logs ``dynamics/<metric>/<block>`` every ``every_n_steps`` optimizer steps.
 
-    Metrics: ``grad_norm`` (L2 norm of the block's gradients, before clipping), ``weight_norm``
+    Metrics: ``grad_norm`` (L2 norm of the block's gradients, before clipping), ``ffn_grad_norm``
+    (that of the block's FFN second weight matrix, where the net declares one), ``weight_norm``
     (before the step), ``update_ratio`` (``||W_after - W_before|| / ||W_before||`` over the
     optimizer step), ``residual_norm`` (the activations after the block: mean over positions of
     the L2 norm over features; with gradient accumulation, the mean over the step's micro-batches).
@@ -140,8 +185,9 @@ class TrainingDynamics(Checked, pl.Callback):
         self.check_settings(
             {"every_n_steps": every_n_steps, "residual_norms": residual_norms, "init_batches": init_batches}
         )
-        self.init_batches = init_batches
         self.every = every_n_steps
+        self.init_batches = init_batches
+        self.init_records: list[dict] = []  # the measurement at initialisation, one per batch
         self.path = Path(path) if path else None
         self.residual_norms = residual_norms
         self.records: list[dict] = []  # what was logged, in memory too
@@ -157,45 +203,56 @@ class TrainingDynamics(Checked, pl.Callback):
         net = getattr(pl_module, "net", None)
         return net if isinstance(net, nn.Module) else pl_module
 
-    # -- at initialisation: the FFN output weights' gradients over several batches (Xiong et al.)
+    # -- at initialisation: K forward/backward passes, no step, everything restored
     def on_train_start(self, trainer, pl_module) -> None:
-        net = self._net(pl_module)
-        ffn = getattr(net, "ffn_output_weights", None)
-        if ffn is None or not self.init_batches or trainer.global_step != 0 or trainer.datamodule is None:
+        if self.init_batches == 0 or trainer.global_step > 0 or not hasattr(pl_module, "step"):
             return
-        datamodule = trainer.datamodule
-
-        def prepare(batch):  # to the device, then the data module's own step (device_augment gathers there)
-            return datamodule.on_after_batch_transfer(move_data_to_device(batch, pl_module.device), 0)
-
-        values = self.init_gradients(net, datamodule.val_dataloader(), self.init_batches, pl_module.device, prepare)
-        record = {"step": 0, "epoch": 0, INIT: values}
-        self.records.append(record)
-        if trainer.is_global_zero and self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        batches = _first_batches(trainer, self.init_batches)
+        if not batches:
+            return
+        net = self._net(pl_module)
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        grads = [p.grad for p in params]
+        numbers = []
+        with _rng_kept(pl_module.device), ExitStack() as stack:
+            model = trainer.strategy.model
+            if hasattr(model, "no_sync"):  # DDP: no gradient all-reduce for these passes
+                stack.enter_context(model.no_sync())
+            for batch in batches:
+                for p in params:
+                    p.grad = None
+                batch = trainer.strategy.batch_to_device(batch)
+                with trainer.precision_plugin.train_step_context():
+                    loss = pl_module.step(batch, "train")
+                loss.backward()
+                numbers.append(self._grad_norms(net))
+        for p, g in zip(params, grads):
+            p.grad = g
+        for metric in getattr(pl_module, "metrics", {}).get("train", {}).values():
+            metric.reset()  # the passes updated the training metrics: back to their empty state
+        for k, values in enumerate(numbers):
+            record = {"phase": "init", "batch": k, "step": 0, "epoch": 0}
+            record.update({m: {b: float(v) for b, v in blocks.items()} for m, blocks in values.items()})
+            self.init_records.append(record)
+            if trainer.is_global_zero and self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
 
     @staticmethod
-    def init_gradients(net: nn.Module, loader, batches: int, device, prepare=None) -> dict[str, list[float]]:
-        """Per block, the L2 norm of the FFN output weight's gradient of the cross-entropy on each of
-        ``batches`` batches of ``loader`` (held-out images: the training data order is untouched),
-        from the initial weights, in training mode (dropout on). Training is unchanged: the RNG
-        states are restored and the gradients cleared."""
-        weights = net.ffn_output_weights()
-        out: dict[str, list[float]] = {k: [] for k in weights}
-        devices = [device] if torch.device(device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            for i, batch in enumerate(loader):
-                if i == batches:
-                    break
-                x, y = prepare(batch) if prepare is not None else (t.to(device) for t in batch)
-                net.zero_grad(set_to_none=True)
-                nn.functional.cross_entropy(net(x), y).backward()
-                norms = torch.stack([torch.linalg.vector_norm(w.grad) for w in weights.values()]).tolist()
-                for k, v in zip(weights, norms):
-                    out[k].append(v)
-        net.zero_grad(set_to_none=True)
+    def _grad_norms(net: nn.Module) -> dict[str, dict[str, float]]:
+        """Per block, the gradient norm of the block and of its FFN second weight matrix."""
+        grad_norm = {}
+        for name, params in parameter_groups(net).items():
+            grads = [p.grad for _, p in params if p.grad is not None]
+            if grads:
+                grad_norm[name] = _norm_of_norms(grads)
+        ffn = {b: torch.linalg.vector_norm(p.grad.float()) for b, p in ffn_weights(net).items() if p.grad is not None}
+        keys = [("grad_norm", b) for b in grad_norm] + [("ffn_grad_norm", b) for b in ffn]
+        values = torch.stack([*grad_norm.values(), *ffn.values()]).detach().cpu().tolist() if keys else []
+        out: dict[str, dict[str, float]] = {}
+        for (metric, block), value in zip(keys, values):
+            out.setdefault(metric, {})[block] = value
         return out
 
     # -- arming: hooks only for the forward passes of a logging step
@@ -275,12 +332,12 @@ class TrainingDynamics(Checked, pl.Callback):
         if grad_norm:
             grad_norm[ALL] = torch.linalg.vector_norm(torch.stack(list(grad_norm.values())))
         weight_norm[ALL] = torch.linalg.vector_norm(torch.stack(list(weight_norm.values())))
-        self._pre = {"grad_norm": grad_norm, "weight_norm": weight_norm}
-        ffn = getattr(self._net(pl_module), "ffn_output_weights", None)
-        if ffn is not None:
-            self._pre["ffn_grad_norm"] = {
-                k: torch.linalg.vector_norm(w.grad) for k, w in ffn().items() if w.grad is not None
-            }
+        ffn = {
+            b: torch.linalg.vector_norm(p.grad.float())
+            for b, p in ffn_weights(self._net(pl_module)).items()
+            if p.grad is not None
+        }
+        self._pre = {"grad_norm": grad_norm, "ffn_grad_norm": ffn, "weight_norm": weight_norm}
         self._groups = groups
         self._before = [p.detach().clone() for params in groups.values() for _, p in params]
 

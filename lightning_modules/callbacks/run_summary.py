@@ -57,7 +57,6 @@ class RunSummary(pl.Callback):
         seed: int | None = None,
         overrides: list[str] | None = None,
         experiment: dict[str, Any] | None = None,
-        budget: str | None = None,
         previous: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
@@ -71,7 +70,6 @@ class RunSummary(pl.Callback):
             # "label": "ViT pre-norm 2L Adam", "study_config": "table2/1"}; the report matches on it
             "experiment": {str(k): v for k, v in (experiment or {}).items()},
             "seed": seed,
-            "budget": budget,  # the named training budget (conf/budget/): full | cpu
             "epochs": 0,
             "final": {},
             "best": {},

@@ -118,6 +118,13 @@ class LSTMLanguageModel(Checked, nn.Module):
                 self.embedding.weight.copy_(matrix)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
 
+    def dynamics_blocks(self) -> dict[str, list[str]]:
+        """The blocks ``callbacks.dynamics`` measures, input side first: name -> the prefixes of
+        their parameters' names (the embedding is tied with the classifier: one block)."""
+        names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+        layers = {f"layer{i}": [f"lstm.{n}_l{i}" for n in names] for i in range(self.lstm.num_layers)}
+        return {"embedding": ["embedding", "classifier"], **layers, "projection": ["projection"]}
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) int ids -> (B, T, vocab) logits; the hidden state starts at zero."""
         hidden, _ = self.lstm(self.embedding_dropout(self.embedding(tokens)))

@@ -174,6 +174,18 @@ class VisionTransformer(Checked, nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
+    def dynamics_blocks(self) -> dict[str, list[str]]:
+        """The blocks ``callbacks.dynamics`` measures, input side first: name -> the prefixes of
+        their parameters' names (``embed``, ``block<i>``, ``head``)."""
+        blocks = {"embed": ["cls_token", "pos_embed", "patch_embed"]}
+        blocks.update({f"block{i}": [f"blocks.{i}"] for i in range(len(self.blocks))})
+        return {**blocks, "head": ["head"]}
+
+    def ffn_output_weights(self) -> dict[str, nn.Parameter]:
+        """Each block's FFN second weight matrix (the MLP's output Linear, hidden -> embed): the
+        matrix whose gradient norm Xiong et al. (2020) compare across layers."""
+        return {f"block{i}": block.mlp[3].weight for i, block in enumerate(self.blocks)}
+
     def no_weight_decay(self) -> set[str]:
         """Parameters kept out of weight decay with ``model.no_weight_decay=true`` besides norms and
         biases (timm's convention)."""
@@ -184,11 +196,6 @@ class VisionTransformer(Checked, nn.Module):
         x = self.patch_embed(patchify(images, self.patch_size))
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return self.dropout(torch.cat([cls, x], dim=1) + self.pos_embed)
-
-    def ffn_output_weights(self) -> dict[str, nn.Parameter]:
-        """Each block's FFN output weight (the MLP's second Linear, W2), ``block<i>`` -> weight: the
-        matrix whose gradient norm per layer Xiong et al. (2020) compare for pre- and post-norm."""
-        return {f"block{i}": block.mlp[3].weight for i, block in enumerate(self.blocks)}
 
     def forward(
         self, images: torch.Tensor, return_attention: bool = False
