@@ -315,7 +315,7 @@ def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
                     "mode": str(cfg.monitor.mode),
                     "score": final.get(monitor),
                     "val_loss": final.get("val/loss"),
-                    "steps": int(history[-1]["step"]) + 1 if history and "step" in history[-1] else None,
+                    "steps": int(history[-1]["step"]) if history and "step" in history[-1] else None,
                     "lr": float(trial.lr) * float(cfg.optimizer.get("lr_scale") or 1.0),  # the lr it used
                     "weight_decay": float(trial.weight_decay),
                     "warmup_fraction": float(trial.warmup_fraction) if "warmup_fraction" in trial else None,
@@ -366,6 +366,7 @@ def run_stage(sweeps: list[Sweep], python: str = sys.executable, dry_run: bool =
         missing = sweep.jobs() - done_jobs(sweep)
         if not missing:
             lines.append(f"{sweep.stage} {sweep.optimizer}: all {len(sweep.jobs())} jobs done, skipped")
+            print(lines[-1], flush=True)
             continue
         lines.append(f"{sweep.stage} {sweep.optimizer}: {len(missing)} of {len(sweep.jobs())} jobs to run")
         print(lines[-1], flush=True)
