@@ -244,18 +244,15 @@ def plan(
         return {"optimizer": name, "stage": stage_, "k": k, **values, **more}
 
     if stage == "search":
+        seeds = [space["search_seed"]]
         return [
-            _sweep(space, workload, stage, name, [trial(name, k, stage) for k in range(n)], [space["search_seed"]],
-                   log_dir, extra)  # fmt: skip
-            for name in names
+            _sweep(space, workload, stage, o, [trial(o, k, stage) for k in range(n)], seeds, log_dir, extra)
+            for o in names
         ]
     best = best_trials(workload, log_dir, names, n, space)
     if stage == "confirm":
-        return [
-            _sweep(space, workload, stage, name, [trial(name, best[name], stage), trial(name, DEFAULT, stage)],
-                   space["seeds"], log_dir, extra)  # fmt: skip
-            for name in names
-        ]
+        pairs = {o: [trial(o, best[o], stage), trial(o, DEFAULT, stage)] for o in names}  # tuned, usual
+        return [_sweep(space, workload, stage, o, pairs[o], space["seeds"], log_dir, extra) for o in names]
     ref = space["reference"]
     if ref not in names:
         raise ConfigError(f"The speedup stage runs the reference optimizer {ref}: include it in --optimizers.")
@@ -275,7 +272,9 @@ def steps_setting(factor: float, epochs: int) -> tuple[int, float]:
         return int(round(factor * epochs)), 1.0
     if factor < 1:
         return epochs, float(factor)
-    raise ConfigError(f"speedup_factors: {factor} x {epochs} epochs is not a whole number of epochs; choose another factor.")
+    raise ConfigError(
+        f"speedup_factors: {factor} x {epochs} epochs is not a whole number of epochs; choose another factor."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
