@@ -371,7 +371,10 @@ def run_stage(sweeps: list[Sweep], python: str = sys.executable, dry_run: bool =
         print(lines[-1], flush=True)
         if dry_run:
             continue
-        subprocess.run([python, *sweep.argv()], cwd=ROOT, check=False)
+        rc = subprocess.run([python, *sweep.argv()], cwd=ROOT, check=False).returncode
+        if rc != 0:  # the sweep itself stopped (a bad setting, an interruption): the next ones still run
+            lines.append(f"{sweep.stage} {sweep.optimizer}: train.py exited {rc}; rerun the same command to continue")
+            print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
 
@@ -654,8 +657,8 @@ def main(argv: list[str] | None = None) -> int:
             sweeps = plan(args.workload, stage, args.log_dir, args.overrides, optimizers, args.trials)
             if args.cmd == "plan":
                 print("\n".join(s.command() for s in sweeps))
-            else:
-                run_stage(sweeps)
+            elif any("exited" in line for line in run_stage(sweeps)):
+                return 1
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
