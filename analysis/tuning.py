@@ -1,0 +1,669 @@
+"""Optimizers, tuned equally: the same quasi-random search for every optimizer, the best setting
+confirmed with several seeds, and each optimizer's speed-up over a tuned AdamW (docs/optimizer-tuning.md).
+
+The search space is declared once, in ``conf/tuning/space.yaml``; the optimizers are the files of
+``conf/optimizer/``. Every stage is a ``train.py -m`` sweep per optimizer, in its own
+``hydra.sweep.dir`` (``<log_dir>/tuning/<workload>/<stage>/<optimizer>``), so the same command
+finishes an interrupted stage:
+
+    python -m analysis.tuning plan vit                 # print the sweeps of the search stage
+    python -m analysis.tuning run vit                  # search, confirm, speedup, in this order
+    python -m analysis.tuning report logs/tuning/vit --out logs/tuning/vit/report
+
+A job's trial is one override, ``+trial={optimizer:..,stage:..,k:..,lr:..,weight_decay:..,...}``
+(a sweep over several such dicts is a list of jobs, not a product), and ``optimizer.lr=${trial.lr}``
+etc. put its values in place; ``trial`` stays in the run's ``config.yaml`` for the report.
+``trial.lr`` is ``optimizer.lr`` as everywhere in lmvit: before the optimizer's ``lr_scale``.
+
+Torch-free: the statistics are small functions (scipy) over the runs' ``metrics.json`` files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from scipy import stats as sps
+from scipy.stats import qmc
+
+from lmvit.errors import ConfigError, UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SPACE_FILE = CONF_DIR / "tuning" / "space.yaml"
+STAGES = ("search", "confirm", "speedup")
+DEFAULT = "default"  # trial k of the usual setting (factor 1, the optimizer's own weight decay and warm-up)
+DONE = ("completed", "failed", "diverged")  # a job with one of these statuses has its result
+LEVEL = 0.95
+
+
+# --------------------------------------------------------------------------------------------------
+# The declared space
+
+
+def load_space(path: Path = SPACE_FILE) -> dict[str, Any]:
+    """The search space file as a plain dict, checked (one line naming the setting on a bad one)."""
+    if not path.is_file():
+        raise ConfigError(f"No search space file {path}: restore conf/tuning/space.yaml.")
+    space = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    dims = space.get("dimensions") or {}
+    for name, dim in dims.items():
+        kind = next(iter(dim), None)
+        low, high = (dim.get(kind) or [None, None]) if kind else (None, None)
+        ok = kind in ("log_factor", "uniform") and isinstance(low, (int, float)) and isinstance(high, (int, float))
+        if not ok or not (low < high) or (kind == "log_factor" and low <= 0):
+            raise ConfigError(
+                f"Invalid setting dimensions.{name} in {path}: must be log_factor: [low, high] with "
+                "0 < low < high, or uniform: [low, high] with low < high."
+            )
+    trials = space.get("trials")
+    if not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"Invalid setting trials={trials!r} in {path}: must be an integer >= 1.")
+    if len(space.get("seeds") or []) < 1:
+        raise ConfigError(f"Invalid setting seeds in {path}: list at least one seed (3 for an interval).")
+    return space
+
+
+def optimizer_names(conf_dir: Path = CONF_DIR, reference: str = "adamw") -> list[str]:
+    """Every ``conf/optimizer/*.yaml``, the reference first."""
+    names = sorted(p.stem for p in (conf_dir / "optimizer").glob("*.yaml"))
+    return [reference] + [n for n in names if n != reference] if reference in names else names
+
+
+def unit_points(space: dict[str, Any], n: int | None = None) -> np.ndarray:
+    """The first ``n`` (default ``trials``) points of the scrambled Sobol sequence of ``space``:
+    row k is trial k's coordinates in [0, 1), one column per dimension; the same for every optimizer."""
+    n = space["trials"] if n is None else n
+    sampler = qmc.Sobol(d=len(space["dimensions"]), scramble=True, seed=space["seed"])
+    with warnings.catch_warnings():  # n not a power of 2: balance is lost, the points stay the same
+        warnings.simplefilter("ignore", UserWarning)
+        return sampler.random(n)
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def trial_values(space: dict[str, Any], usual: dict[str, Any], u: np.ndarray) -> dict[str, float]:
+    """A point ``u`` of the unit cube -> the settings of one trial around ``usual`` (the optimizer's
+    usual ``lr`` (optimizer.lr, before lr_scale), ``weight_decay``, ``warmup_fraction``; a
+    dimension whose usual value is None is not searched: an unscheduled optimizer's warm-up)."""
+    out = {}
+    for coord, (name, dim) in zip(u, space["dimensions"].items()):
+        if usual.get(name) is None:
+            continue
+        kind, (low, high) = next(iter(dim.items()))
+        if kind == "log_factor":
+            value = usual[name] * math.exp(math.log(low) + coord * (math.log(high) - math.log(low)))
+        else:
+            value = low + coord * (high - low)
+        out[name] = _sig(value)
+    return out
+
+
+def usual_settings(workload: str, optimizer: str, space: dict[str, Any], extra: list[str] = ()) -> dict[str, Any]:
+    """The optimizer's usual setting in ``workload``, composed as train.py composes it: optimizer.lr
+    (the model's), lr_scale, weight_decay, the cosine schedule's warm-up (None when unscheduled),
+    and the budget's epochs."""
+    from hydra import compose, initialize_config_dir
+
+    scheduled = optimizer not in space.get("unscheduled", [])
+    overrides = merge_overrides(
+        workload_config(space, workload)["base"],
+        [f"optimizer={optimizer}", f"scheduler={space['scheduler'] if scheduled else 'none'}"],
+        list(extra),
+    )
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    opt = cfg.optimizer
+    return {
+        "lr": float(opt.lr),
+        "lr_scale": float(opt.get("lr_scale") or 1.0),
+        "weight_decay": float(opt.get("weight_decay") or 0.0),
+        "warmup_fraction": float(cfg.scheduler.warmup_fraction) if scheduled else None,
+        "max_epochs": int(cfg.trainer.max_epochs),
+    }
+
+
+def workload_config(space: dict[str, Any], workload: str) -> dict[str, Any]:
+    if workload not in space["workloads"]:
+        raise ConfigError(
+            f"Unknown workload {workload!r}: choose one of {', '.join(space['workloads'])} (conf/tuning/space.yaml)."
+        )
+    return space["workloads"][workload]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(*lists: list[str]) -> list[str]:
+    """Override lists merged by key, a later list winning (Hydra refuses a key given twice)."""
+    merged: dict[str, str] = {}
+    for overrides in lists:
+        for o in overrides:
+            merged.pop(_key(o), None)
+            merged[_key(o)] = o
+    return list(merged.values())
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def trial_override(trials: list[dict[str, Any]]) -> str:
+    """``+trial={..},{..}``: one job per dict (Hydra sweeps a list of dicts element by element)."""
+    return "+trial=" + ",".join("{" + ",".join(f"{k}:{_fmt(v)}" for k, v in t.items()) + "}" for t in trials)
+
+
+@dataclass
+class Sweep:
+    workload: str
+    stage: str
+    optimizer: str
+    sweep_dir: Path
+    trials: list[dict[str, Any]]
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        return ["train.py", "-m", *self.overrides, f"hydra.sweep.dir={self.sweep_dir}"]
+
+    def command(self) -> str:
+        return "python " + " ".join(shlex.quote(a) for a in self.argv())
+
+    def jobs(self) -> set[tuple]:
+        return {(t["stage"], str(t["k"]), str(t.get("steps", 1.0)), int(s)) for t in self.trials for s in self.seeds}
+
+
+def _sweep(space, workload, stage, optimizer, trials, seeds, log_dir, extra) -> Sweep:
+    wl = workload_config(space, workload)
+    scheduled = optimizer not in space.get("unscheduled", [])
+    values = [
+        "optimizer.lr=${trial.lr}",
+        "optimizer.weight_decay=${trial.weight_decay}",
+    ]
+    if scheduled:
+        values.append("scheduler.warmup_fraction=${trial.warmup_fraction}")
+    if stage == "speedup":
+        values += ["trainer.max_epochs=${trial.max_epochs}", "trainer.limit_train_batches=${trial.limit_train_batches}"]
+    overrides = merge_overrides(
+        wl["base"],
+        [f"optimizer={optimizer}", f"scheduler={space['scheduler'] if scheduled else 'none'}"],
+        wl.get("search", []) if stage == "search" else [],
+        [f"label=tuning_{stage}_{optimizer}", f"seed={','.join(str(s) for s in seeds)}"],
+        [trial_override(trials), *values],
+        list(extra),
+    )
+    sweep_dir = Path(log_dir) / "tuning" / workload / stage / optimizer
+    return Sweep(workload, stage, optimizer, sweep_dir, trials, list(seeds), overrides)
+
+
+def plan(
+    workload: str,
+    stage: str,
+    log_dir: str | Path = "logs",
+    extra: list[str] = (),
+    optimizers: list[str] | None = None,
+    trials: int | None = None,
+    space: dict[str, Any] | None = None,
+) -> list[Sweep]:
+    """The sweeps of one stage, one per optimizer. ``confirm`` and ``speedup`` read the search
+    stage's results (every trial must have one)."""
+    space = space or load_space()
+    if stage not in STAGES:
+        raise ConfigError(f"Unknown stage {stage!r}: choose one of {', '.join(STAGES)}.")
+    names = optimizers or optimizer_names(reference=space["reference"])
+    unknown = [n for n in names if n not in optimizer_names()]
+    if unknown:
+        raise ConfigError(f"Unknown optimizer {unknown[0]!r}: no conf/optimizer/{unknown[0]}.yaml.")
+    n = space["trials"] if trials is None else trials
+    points = unit_points(space, n)
+    usual = {name: usual_settings(workload, name, space, extra) for name in names}
+
+    def trial(name: str, k: Any, stage_: str, **more) -> dict[str, Any]:
+        values = (
+            trial_values(space, usual[name], points[k])
+            if k != DEFAULT
+            else {d: _sig(usual[name][d]) for d in space["dimensions"] if usual[name].get(d) is not None}
+        )
+        return {"optimizer": name, "stage": stage_, "k": k, **values, **more}
+
+    if stage == "search":
+        seeds = [space["search_seed"]]
+        return [
+            _sweep(space, workload, stage, o, [trial(o, k, stage) for k in range(n)], seeds, log_dir, extra)
+            for o in names
+        ]
+    best = best_trials(workload, log_dir, names, n, space)
+    if stage == "confirm":
+        pairs = {o: [trial(o, best[o], stage), trial(o, DEFAULT, stage)] for o in names}  # tuned, usual
+        return [_sweep(space, workload, stage, o, pairs[o], space["seeds"], log_dir, extra) for o in names]
+    ref = space["reference"]
+    if ref not in names:
+        raise ConfigError(f"The speedup stage runs the reference optimizer {ref}: include it in --optimizers.")
+    epochs = usual[ref]["max_epochs"]
+    runs = []
+    for f in space["speedup_factors"]:
+        e, limit = steps_setting(f, epochs)
+        runs.append(trial(ref, best[ref], stage, steps=float(f), max_epochs=e, limit_train_batches=limit))
+    return [_sweep(space, workload, stage, ref, runs, space["seeds"], log_dir, extra)]
+
+
+def steps_setting(factor: float, epochs: int) -> tuple[int, float]:
+    """(max_epochs, limit_train_batches) for ``factor`` x the steps of ``epochs`` epochs: whole epochs
+    when factor x epochs is whole (every run then validates at its end), else the same epochs with
+    that fraction of each epoch's batches (factor < 1 only)."""
+    if abs(factor * epochs - round(factor * epochs)) < 1e-9 and round(factor * epochs) >= 1:
+        return int(round(factor * epochs)), 1.0
+    if factor < 1:
+        return epochs, float(factor)
+    raise ConfigError(
+        f"speedup_factors: {factor} x {epochs} epochs is not a whole number of epochs; choose another factor."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs
+
+
+def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """One record per run directory under ``paths`` that holds a ``metrics.json`` and a
+    ``config.yaml`` with a ``trial`` (the runs of this module's sweeps)."""
+    records = []
+    for root in paths:
+        root = Path(root)
+        found = [root / "metrics.json"] if (root / "metrics.json").is_file() else sorted(root.rglob("metrics.json"))
+        for path in found:
+            run = path.parent
+            if not (run / "config.yaml").is_file():
+                continue
+            cfg = OmegaConf.load(run / "config.yaml")
+            trial = cfg.get("trial")
+            if trial is None:
+                continue
+            metrics = json.loads(path.read_text())
+            history = metrics.get("history") or []
+            final = metrics.get("final") or {}
+            monitor = str(cfg.monitor.metric)
+            records.append(
+                {
+                    "run": str(run),
+                    "workload": metrics.get("task") or str(cfg.task),
+                    "optimizer": str(trial.optimizer),
+                    "stage": str(trial.stage),
+                    "k": str(trial.k),
+                    "steps_factor": float(trial.get("steps", 1.0)),
+                    "seed": int(cfg.seed),
+                    "status": metrics.get("status"),
+                    "monitor": monitor,
+                    "mode": str(cfg.monitor.mode),
+                    "score": final.get(monitor),
+                    "val_loss": final.get("val/loss"),
+                    "steps": int(history[-1]["step"]) if history and "step" in history[-1] else None,
+                    "lr": float(trial.lr) * float(cfg.optimizer.get("lr_scale") or 1.0),  # the lr it used
+                    "weight_decay": float(trial.weight_decay),
+                    "warmup_fraction": float(trial.warmup_fraction) if "warmup_fraction" in trial else None,
+                    "train_seconds": metrics.get("train_seconds"),
+                }
+            )
+    return records
+
+
+def best_trials(workload: str, log_dir, names: list[str], n: int, space) -> dict[str, int]:
+    """Each optimizer's best search trial by its final monitored validation metric (a failed trial
+    scores ``failed_score``); every trial must have a result."""
+    failed = workload_config(space, workload)["failed_score"]
+    best = {}
+    for name in names:
+        sweep_dir = Path(log_dir) / "tuning" / workload / "search" / name
+        recs = [r for r in load_records([sweep_dir]) if r["status"] in DONE and r["stage"] == "search"]
+        have = {int(r["k"]): r for r in recs if int(r["k"]) < n}
+        if len(have) < n:
+            raise UserError(
+                f"The search of {name} ({sweep_dir}) has {len(have)} of {n} trials done: "
+                f"run `python -m analysis.tuning run {workload} --stage search` first."
+            )
+        sign = 1 if recs[0]["mode"] == "max" else -1
+        scores = {k: score_of(r, failed) for k, r in have.items()}
+        best[name] = max(sorted(scores), key=lambda k: sign * scores[k])
+    return best
+
+
+def score_of(record: dict[str, Any], failed_score: float) -> float:
+    s = record["score"]
+    return float(s) if record["status"] == "completed" and s is not None and math.isfinite(s) else float(failed_score)
+
+
+def done_jobs(sweep: Sweep) -> set[tuple]:
+    return {
+        (r["stage"], r["k"], str(r["steps_factor"]), r["seed"])
+        for r in load_records([sweep.sweep_dir])
+        if r["status"] in DONE
+    }
+
+
+def run_stage(sweeps: list[Sweep], python: str = sys.executable, dry_run: bool = False) -> list[str]:
+    """Launch each sweep whose jobs do not all have a result (the same command as before, so a
+    resumable sweep skips what completed). Returns what was done, one line per sweep."""
+    lines = []
+    for sweep in sweeps:
+        missing = sweep.jobs() - done_jobs(sweep)
+        if not missing:
+            lines.append(f"{sweep.stage} {sweep.optimizer}: all {len(sweep.jobs())} jobs done, skipped")
+            print(lines[-1], flush=True)
+            continue
+        lines.append(f"{sweep.stage} {sweep.optimizer}: {len(missing)} of {len(sweep.jobs())} jobs to run")
+        print(lines[-1], flush=True)
+        if dry_run:
+            continue
+        rc = subprocess.run([python, *sweep.argv()], cwd=ROOT, check=False).returncode
+        if rc != 0:  # the sweep itself stopped (a bad setting, an interruption): the next ones still run
+            lines.append(f"{sweep.stage} {sweep.optimizer}: train.py exited {rc}; rerun the same command to continue")
+            print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics (small functions: the report's shared statistics can replace their bodies)
+
+
+def expected_best(values: list[float], mode: str = "max") -> np.ndarray:
+    """Dodge et al. 2019: the expected best of k trials drawn with replacement from the N observed
+    ones, k = 1..N: sum_i v_(i) [(i/N)^k - ((i-1)/N)^k], v_(1) <= ... <= v_(N) (for ``mode='min'``
+    the order is reversed: the expected lowest)."""
+    v = np.sort(np.asarray(values, dtype=float))
+    if mode == "min":
+        v = v[::-1]
+    n = len(v)
+    i = np.arange(1, n + 1)
+    return np.array([float(np.sum(v * ((i / n) ** k - ((i - 1) / n) ** k))) for k in range(1, n + 1)])
+
+
+def t_interval(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean and Student-t interval (nan bounds with fewer than 2 values)."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean()) if len(x) else math.nan
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = float(sps.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def paired_p(a: list[float], b: list[float]) -> float:
+    """Two-sided paired t-test p-value over shared seeds (nan below 2 pairs or with no spread)."""
+    if len(a) < 2:
+        return math.nan
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if np.all(d == d[0]):
+        return 0.0 if d[0] != 0 else 1.0
+    return float(sps.ttest_rel(a, b).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-adjusted p-values (nan stays nan)."""
+    p = np.asarray(pvalues, float)
+    ok = np.flatnonzero(~np.isnan(p))
+    out = np.full(len(p), math.nan)
+    order = ok[np.argsort(p[ok])]
+    m, running = len(order), 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        out[idx] = running
+    return list(out)
+
+
+def steps_to_reach(curve: list[tuple[float, float]], target: float) -> tuple[float, str]:
+    """Steps a loss curve (steps, loss) needs to reach ``target``, interpolated linearly in
+    log(steps) between the first pair of points that brackets it. Returns (steps, "") or, beyond
+    the points, (the nearest end's steps, "<" or ">"): no extrapolation."""
+    pts = sorted(curve)
+    if target >= pts[0][1]:
+        return pts[0][0], "<" if target > pts[0][1] else ""
+    for (s0, l0), (s1, l1) in zip(pts, pts[1:]):
+        if l1 <= target <= l0 and l0 != l1:
+            w = (l0 - target) / (l0 - l1)
+            return math.exp(math.log(s0) + w * (math.log(s1) - math.log(s0))), ""
+    return pts[-1][0], ">"
+
+
+def speedups(reference: dict[int, list[tuple[float, float]]], runs: dict[int, tuple[float, float]]):
+    """Per seed: (steps the reference needs to reach the run's final loss) / (the run's steps), and
+    the censoring mark. ``reference``: seed -> [(steps, final loss)] of the reference at each step
+    multiple; ``runs``: seed -> (steps, final loss) of the optimizer. Seeds in both only (paired)."""
+    out = {}
+    for seed in sorted(set(reference) & set(runs)):
+        steps, loss = runs[seed]
+        need, mark = steps_to_reach(reference[seed], loss)
+        out[seed] = (need / steps, mark)
+    return out
+
+
+def summarize_speedup(per_seed: dict[int, tuple[float, str]], level: float = LEVEL) -> dict[str, Any]:
+    """Geometric mean of the per-seed speed-ups with a t interval on their logs; when a seed lies
+    beyond the reference's points, the bound ("> 2x", "< 0.5x") instead of a number."""
+    ratios = [r for r, _ in per_seed.values()]
+    marks = [m for _, m in per_seed.values()]
+    if not ratios:
+        return {"speedup": math.nan, "low": math.nan, "high": math.nan, "text": "n/a", "n": 0}
+    if any(marks):
+        if all(m == ">" for m in marks):
+            text = f"> {min(ratios):.2g}x"
+        elif all(m == "<" for m in marks):
+            text = f"< {max(ratios):.2g}x"
+        else:
+            text = "beyond the reference's steps for " + f"{sum(bool(m) for m in marks)} of {len(marks)} seeds"
+        return {"speedup": math.nan, "low": math.nan, "high": math.nan, "text": text, "n": len(ratios)}
+    mean, low, high = t_interval([math.log(r) for r in ratios], level)
+    out = {"speedup": math.exp(mean), "low": math.exp(low), "high": math.exp(high), "n": len(ratios)}
+    out["text"] = f"{out['speedup']:.2f}x" + (f" [{out['low']:.2f}, {out['high']:.2f}]" if len(ratios) > 1 else "")
+    return out
+
+
+def step_time_ratios(bench_file: Path | None) -> dict[str, float]:
+    """Time per step relative to AdamW (paired) from the last ``optimizers`` line of
+    bench/optimizers.py's JSON lines; {} when there is none."""
+    if bench_file is None or not Path(bench_file).is_file():
+        return {}
+    ratios: dict[str, float] = {}
+    for line in Path(bench_file).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("bench") == "optimizers":
+            ratios = {rec["baseline"]: 1.0, **rec.get("paired_ratio", {})}
+    return ratios
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def report(paths: list[str | Path], out: str | Path, bench_file: Path | None = None) -> Path:
+    """The section "Optimizers, tuned equally" (markdown, CSVs, PNGs) into ``out``; returns the markdown."""
+    import pandas as pd
+
+    space = load_space()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recs = pd.DataFrame(load_records(paths))
+    if recs.empty:
+        raise UserError(f"No tuning runs (metrics.json with a trial) under {', '.join(map(str, paths))}.")
+    lines = ["## Optimizers, tuned equally", ""]
+    lines.append(
+        f"Every optimizer: {space['trials']} quasi-random trials (scrambled Sobol, seed {space['seed']}) "
+        f"around its usual setting ({', '.join(space['dimensions'])}), the best by final validation "
+        f"rerun with seeds {space['seeds']}; speed-up = steps the tuned {space['reference']} needs to "
+        "reach the optimizer's final validation loss / the optimizer's steps (geometric mean over "
+        f"seeds, {LEVEL:.0%} t interval of the logs)."
+    )
+    times = step_time_ratios(bench_file)
+    for workload, wrecs in recs.groupby("workload"):
+        lines += _workload_section(workload, wrecs, space, out, times)
+    md = out / "optimizer_tuning.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def _workload_section(workload, recs, space, out: Path, times: dict[str, float]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    wl = workload_config(space, workload)
+    mode, monitor = recs["mode"].iloc[0], recs["monitor"].iloc[0]
+    lines = ["", f"### {workload}: {' '.join(wl['base'])}", ""]
+    # (a) budget curves
+    search = recs[recs.stage == "search"]
+    curves = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, g in search.groupby("optimizer"):
+        scores = [score_of(r, wl["failed_score"]) for r in g.to_dict("records")]
+        eb = expected_best(scores, mode)
+        curves += [{"optimizer": name, "k": k + 1, f"expected_best_{monitor}": v} for k, v in enumerate(eb)]
+        ax.plot(range(1, len(eb) + 1), eb, marker=".", label=name)
+    ax.set_xlabel("trials k")
+    ax.set_ylabel(f"expected best final {monitor}")
+    ax.set_title(f"{workload}: expected best after k trials (Dodge et al. 2019)")
+    if curves:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"tuning_{workload}_budget.png", dpi=120)
+    plt.close(fig)
+    pd.DataFrame(curves).to_csv(out / f"tuning_{workload}_budget.csv", index=False)
+    # (b, c, d) default vs tuned, speed-up
+    conf = recs[(recs.stage == "confirm") & (recs.status == "completed")]
+    ref = space["reference"]
+    metric = wl["speedup_metric"].replace("val/", "val_")
+    curve: dict[int, list[tuple[float, float]]] = {}
+    for r in recs[(recs.optimizer == ref) & (recs.stage.isin(["confirm", "speedup"])) & (recs.k != DEFAULT)].to_dict(
+        "records"
+    ):
+        if r["status"] == "completed" and r["steps"] and r[metric] is not None:
+            curve.setdefault(r["seed"], []).append((r["steps"], r[metric]))
+    rows = []
+    for name, g in conf.groupby("optimizer"):
+        tuned, default = g[g.k != DEFAULT], g[g.k == DEFAULT]
+        tm, tl, th = t_interval(tuned.score.tolist())
+        dm, dl, dh = t_interval(default.score.tolist())
+        shared = sorted(set(tuned.seed) & set(default.seed))
+        p = paired_p(
+            [tuned.set_index("seed").score[s] for s in shared], [default.set_index("seed").score[s] for s in shared]
+        )
+        runs = {r["seed"]: (r["steps"], r[metric]) for r in tuned.to_dict("records") if r["steps"]}
+        sp = summarize_speedup(speedups({s: c for s, c in curve.items() if len(c) >= 2}, runs))
+        wall = sp["speedup"] / times[name] if name in times and math.isfinite(sp["speedup"]) else math.nan
+        best = tuned.iloc[0] if len(tuned) else None
+        rows.append(
+            {
+                "optimizer": name,
+                "trial": best["k"] if best is not None else "",
+                "lr": best["lr"] if best is not None else math.nan,
+                "weight_decay": best["weight_decay"] if best is not None else math.nan,
+                "warmup_fraction": best["warmup_fraction"] if best is not None else math.nan,
+                f"tuned_{monitor}": tm,
+                "tuned_low": tl,
+                "tuned_high": th,
+                f"default_{monitor}": dm,
+                "default_low": dl,
+                "default_high": dh,
+                "seeds": len(shared),
+                "p_tuned_vs_default": p,
+                "speedup_steps": sp["speedup"],
+                "speedup_low": sp["low"],
+                "speedup_high": sp["high"],
+                "speedup": sp["text"],
+                "step_time_vs_ref": times.get(name, math.nan),
+                "speedup_wallclock": wall,
+            }
+        )
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["p_holm"] = holm(table["p_tuned_vs_default"].tolist())
+    table.to_csv(out / f"tuning_{workload}.csv", index=False)
+    lines.append(
+        f"Final {monitor} ({mode} is better), tuned and at the usual setting, mean [{LEVEL:.0%} t interval] "
+        "over seeds; p: paired t over shared seeds, Holm-adjusted over the optimizers."
+    )
+    lines.append("")
+    lines.append("| optimizer | tuned | usual setting | p (Holm) | speed-up (steps) | wall-clock |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in rows if table.empty else table.to_dict("records"):
+        wall = f"{r['speedup_wallclock']:.2f}x" if math.isfinite(r["speedup_wallclock"]) else "n/a"
+        lines.append(
+            f"| {r['optimizer']} | {_ci(r[f'tuned_{monitor}'], r['tuned_low'], r['tuned_high'])} | "
+            f"{_ci(r[f'default_{monitor}'], r['default_low'], r['default_high'])} | {_p(r.get('p_holm'))} | "
+            f"{r['speedup']} | {wall} |"
+        )
+    lines += ["", f"![budget curves](tuning_{workload}_budget.png)", ""]
+    return lines
+
+
+def _ci(mean: float, low: float, high: float) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.4g}" + (f" [{low:.4g}, {high:.4g}]" if math.isfinite(low) else "")
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None or not math.isfinite(p) else f"{p:.3g}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.tuning", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for cmd in ("plan", "run"):
+        p = sub.add_parser(cmd, help=f"{cmd} the train.py sweeps of a workload")
+        p.add_argument("workload", help="a workload of conf/tuning/space.yaml: vit | lstm")
+        p.add_argument("--stage", choices=STAGES, action="append", help="default: every stage in order")
+        p.add_argument("--log-dir", default="logs", help="sweeps go to <log-dir>/tuning/<workload>/<stage>/<optimizer>")
+        p.add_argument("--optimizers", default=None, help="comma-separated (default: every conf/optimizer/*.yaml)")
+        p.add_argument("--trials", type=int, default=None, help="the first N trials only (default: the space's)")
+    p = sub.add_parser("report", help='the section "Optimizers, tuned equally"')
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--bench", default=None, help="bench/optimizers.py JSON lines (time per step)")
+    args, overrides = parser.parse_known_args(argv)  # what is left: train.py overrides (they win)
+    if args.cmd == "report" and overrides or any(o.startswith("-") or "=" not in o for o in overrides):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)} (train.py overrides are key=value)")
+    args.overrides = overrides
+    try:
+        if args.cmd == "report":
+            print(report(args.paths, args.out, Path(args.bench) if args.bench else None))
+            return 0
+        optimizers = args.optimizers.split(",") if args.optimizers else None
+        for stage in args.stage or (STAGES if args.cmd == "run" else ["search"]):
+            sweeps = plan(args.workload, stage, args.log_dir, args.overrides, optimizers, args.trials)
+            if args.cmd == "plan":
+                print("\n".join(s.command() for s in sweeps))
+            elif any("exited" in line for line in run_stage(sweeps)):
+                return 1
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Optimizers, tuned equally (analysis/tuning.py, conf/tuning/space.yaml): the budget-curve estimator
+against exact enumeration, the speed-up interpolation against hand-computed numbers, the same Sobol
+point for every optimizer, the space centred on each optimizer's usual setting, the planned sweeps
+composing in train.py, the report on hand-made runs, and a tiny search end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from omegaconf import OmegaConf
+from scipy import stats as sps
+from scipy.stats import qmc
+
+from analysis import tuning
+from lmvit.errors import ConfigError, UserError
+from tests.helpers import ROOT
+
+
+def rel(a: float, b: float, tol: float = 1e-9) -> bool:
+    return abs(a - b) <= tol * max(abs(a), abs(b), 1e-300)
+
+
+# --- Dodge et al.'s estimator -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_expected_best_equals_exact_enumeration(mode):
+    values = [0.31, 0.52, 0.47, 0.52, 0.12]
+    best = max if mode == "max" else min
+    got = tuning.expected_best(values, mode)
+    n = len(values)
+    for k in range(1, n + 1):  # every ordered draw of k trials with replacement, equally likely
+        exact = np.mean([best(draw) for draw in itertools.product(values, repeat=k)])
+        assert rel(got[k - 1], exact, 1e-12), (k, got[k - 1], exact)
+    assert rel(got[0], np.mean(values), 1e-12)  # one trial: the mean
+    assert np.all(np.diff(got) >= 0 if mode == "max" else np.diff(got) <= 0)
+
+
+def test_expected_best_against_monte_carlo():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=8)
+    got = tuning.expected_best(values.tolist(), "max")
+    draws = rng.choice(values, size=(200_000, 3))
+    assert abs(got[2] - draws.max(axis=1).mean()) < 0.01 * np.ptp(values)
+
+
+# --- speed-up -----------------------------------------------------------------------------------
+
+
+def test_steps_to_reach_log_linear_by_hand():
+    curve = [(200, 1.5), (100, 2.0), (400, 1.2)]  # order does not matter
+    steps, mark = tuning.steps_to_reach(curve, 1.35)  # halfway between 200 and 400 in log steps
+    assert mark == "" and rel(steps, 200 * math.sqrt(2))
+    steps, mark = tuning.steps_to_reach(curve, 1.9)  # 1/5 of the way from 100 to 200
+    assert mark == "" and rel(steps, 100 * 2**0.2)
+    assert tuning.steps_to_reach(curve, 1.1) == (400, ">")  # beyond the 2x point: no extrapolation
+    assert tuning.steps_to_reach(curve, 2.5) == (100, "<")
+    steps, mark = tuning.steps_to_reach(curve, 1.5)  # on a point: that point
+    assert mark == "" and rel(steps, 200)
+
+
+def test_speedups_per_seed_and_interval_against_scipy():
+    reference = {s: [(100, 2.0), (200, 1.5), (400, 1.2)] for s in (1, 2, 3)}
+    runs = {1: (200, 1.35), 2: (200, 1.5), 3: (200, 1.9), 4: (200, 1.0)}  # seed 4: no reference, unpaired
+    per_seed = tuning.speedups(reference, runs)
+    assert sorted(per_seed) == [1, 2, 3]
+    expected = [math.sqrt(2), 1.0, 2**0.2 / 2]
+    for seed, want in zip((1, 2, 3), expected):
+        assert rel(per_seed[seed][0], want) and per_seed[seed][1] == ""
+    summary = tuning.summarize_speedup(per_seed)
+    logs = np.log(expected)
+    low, high = sps.t.interval(0.95, df=2, loc=logs.mean(), scale=sps.sem(logs))
+    assert rel(summary["speedup"], math.exp(logs.mean()))
+    assert rel(summary["low"], math.exp(low)) and rel(summary["high"], math.exp(high))
+    beyond = tuning.summarize_speedup(tuning.speedups(reference, {1: (200, 1.1), 2: (200, 1.0)}))
+    assert beyond["text"] == "> 2x" and math.isnan(beyond["speedup"])
+
+
+def test_holm_and_paired_p_by_hand():
+    assert np.allclose(tuning.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    assert math.isnan(tuning.holm([math.nan, 0.2])[0]) and rel(tuning.holm([math.nan, 0.2])[1], 0.2)
+    a, b = [0.61, 0.64, 0.60], [0.55, 0.60, 0.57]
+    assert rel(tuning.paired_p(a, b), sps.ttest_rel(a, b).pvalue)
+
+
+def test_steps_setting():
+    assert tuning.steps_setting(0.5, 10) == (5, 1.0)
+    assert tuning.steps_setting(2.0, 3) == (6, 1.0)
+    assert tuning.steps_setting(0.5, 3) == (3, 0.5)  # 1.5 epochs: half of every epoch's batches
+    with pytest.raises(ConfigError, match="speedup_factors"):
+        tuning.steps_setting(1.5, 3)
+
+
+# --- the space ----------------------------------------------------------------------------------
+
+
+def _trials(sweep):
+    """The dicts of a sweep's ``+trial=`` override, parsed back."""
+    text = next(o for o in sweep.overrides if o.startswith("+trial="))[len("+trial=") :]
+    dicts = [part.strip("{}") for part in text.split("},{")]
+    return [{k: _value(v) for k, v in (kv.split(":", 1) for kv in d.split(","))} for d in dicts]
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def test_same_sobol_point_for_every_optimizer():
+    space = tuning.load_space()
+    sweeps = tuning.plan("vit", "search", optimizers=["adamw", "lion", "adam"], trials=4, space=space)
+    u = qmc.Sobol(d=3, scramble=True, seed=space["seed"]).random(4)  # independent of the module
+    factors = {}
+    for sweep in sweeps:
+        usual = tuning.usual_settings("vit", sweep.optimizer, space)
+        trials = _trials(sweep)
+        assert [t["k"] for t in trials] == [0, 1, 2, 3] and all(t["optimizer"] == sweep.optimizer for t in trials)
+        factors[sweep.optimizer] = [t["lr"] / usual["lr"] for t in trials]
+        for t, point in zip(trials, u):  # lr factor 10^(2u - 1), warm-up 0.2u
+            assert rel(t["lr"] / usual["lr"], 10 ** (2 * point[0] - 1), 1e-3)
+            assert rel(t["warmup_fraction"] + 1, 0.2 * point[2] + 1, 1e-3)
+            if usual["weight_decay"]:
+                assert rel(t["weight_decay"] / usual["weight_decay"], 10 ** (2 * point[1] - 1), 1e-3)
+            else:
+                assert t["weight_decay"] == 0  # Adam: no weight decay, as in the study
+    assert np.allclose(factors["adamw"], factors["lion"], rtol=1e-3)
+    assert np.allclose(factors["adamw"], factors["adam"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("workload,model", [("vit", "vit"), ("lstm", "lstm")])
+def test_space_centred_on_each_optimizers_usual_setting(workload, model):
+    """The centre of every log range (u = 0.5) is the optimizer's usual lr (the model's lr x its
+    lr_scale, read from the conf files here) and its own weight decay."""
+    space = tuning.load_space()
+    model_lr = float(OmegaConf.load(ROOT / "conf" / "model" / f"{model}.yaml").optimizer.lr)
+    names = tuning.optimizer_names()
+    assert sorted(names) == sorted(p.stem for p in (ROOT / "conf" / "optimizer").glob("*.yaml"))
+    assert names[0] == "adamw"
+    for name in names:
+        raw = OmegaConf.load(ROOT / "conf" / "optimizer" / f"{name}.yaml")
+        parent = raw.get("defaults", [None])[0]  # momentum: sgd's file with momentum 0.9
+        merged = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "optimizer" / f"{parent}.yaml"), raw) if parent else raw
+        usual = tuning.usual_settings(workload, name, space)
+        assert rel(usual["lr"], model_lr) and rel(usual["lr_scale"], float(merged.get("lr_scale", 1.0)))
+        assert rel(usual["weight_decay"] + 1, float(merged.weight_decay) + 1)
+        centre = tuning.trial_values(space, usual, np.array([0.5, 0.5, 0.5]))
+        assert rel(centre["lr"], usual["lr"], 1e-3)
+        assert rel(centre["weight_decay"] + 1e-12, usual["weight_decay"] + 1e-12, 1e-3)
+        assert ("warmup_fraction" in centre) == (name not in space["unscheduled"])
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="Unknown workload 'cnn'"):
+        tuning.plan("cnn", "search")
+    with pytest.raises(ConfigError, match="no conf/optimizer/adagrad.yaml"):
+        tuning.plan("vit", "search", optimizers=["adagrad"])
+    with pytest.raises(UserError, match="has 0 of 16 trials done.*--stage search"):
+        tuning.plan("vit", "confirm", log_dir=tmp_path, optimizers=["adamw"])
+    bad = tmp_path / "space.yaml"
+    bad.write_text("trials: 4\nseeds: [1]\ndimensions: {lr: {log_factor: [0, 10]}}\n")
+    with pytest.raises(ConfigError, match="dimensions.lr"):
+        tuning.load_space(bad)
+
+
+# --- the planned commands compose ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workload", ["vit", "lstm"])
+def test_a_trial_composes_in_train_py(workload):
+    sweep = tuning.plan(workload, "search", optimizers=["schedulefree_adamw" if workload == "lstm" else "lion"],
+                        trials=2)[0]  # fmt: skip
+    first = _trials(sweep)[1]
+    overrides = [o for o in sweep.overrides if not o.startswith(("+trial=", "seed="))]
+    trial = "+trial={" + ",".join(f"{k}:{v}" for k, v in first.items()) + "}"
+    proc = subprocess.run(
+        [sys.executable, "train.py", *overrides, trial, "seed=0", "--cfg", "job", "--resolve"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = yaml.safe_load(proc.stdout)
+    assert rel(cfg["optimizer"]["lr"], first["lr"]) and rel(cfg["optimizer"]["weight_decay"], first["weight_decay"])
+    assert cfg["trial"]["k"] == 1 and cfg["budget"] == "cpu" and cfg["study_config"] is None
+    if workload == "vit":
+        assert cfg["trainer"]["max_epochs"] == 5 and cfg["data"]["train_subset"] == 5000  # the search budget
+        assert rel(cfg["scheduler"]["warmup_fraction"] + 1, first["warmup_fraction"] + 1)
+        assert cfg["optimizer"]["_target_"] == "lion_pytorch.Lion"
+    else:
+        assert cfg["trainer"]["max_epochs"] == 1 and cfg["scheduler"] is None  # schedule-free: no schedule
+        assert cfg["data"]["train_file"] == "wiki.valid.tokens"
+
+
+# --- the report on hand-made runs ---------------------------------------------------------------
+
+
+def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, steps_factor=None, status="completed"):
+    run = root / name
+    run.mkdir(parents=True)
+    trial = {"optimizer": optimizer, "stage": stage, "k": k, "lr": 1e-3, "weight_decay": 5e-4, "warmup_fraction": 0.05}
+    if steps_factor is not None:
+        trial["steps"] = steps_factor
+    cfg = {"task": "vit", "seed": seed, "monitor": {"metric": "val/acc", "mode": "max"},
+           "optimizer": {"lr": 1e-3, "lr_scale": 2.0}, "trial": trial}  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    metrics = {"status": status, "task": "vit", "final": {"val/acc": score, "val/loss": loss},
+               "history": [{"epoch": 0, "step": steps}], "train_seconds": 1.0}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_on_hand_made_runs(tmp_path):
+    logs = tmp_path / "tuning" / "vit"
+    for opt, scores in {"adamw": [0.5, 0.6], "sgd": [0.3, 0.4]}.items():
+        for k, s in enumerate(scores):
+            _fake_run(logs / "search" / opt, f"s{k}", optimizer=opt, stage="search", k=k, seed=0, score=s, loss=1.0,
+                      steps=50)  # fmt: skip
+    for seed in (1, 2, 3):  # AdamW at 0.5x, 1x, 2x: losses 2.0, 1.5, 1.2 at 100, 200, 400 steps
+        _fake_run(logs / "confirm" / "adamw", f"t{seed}", optimizer="adamw", stage="confirm", k=1, seed=seed,
+                  score=0.6 + 0.01 * seed, loss=1.5, steps=200)  # fmt: skip
+        _fake_run(logs / "confirm" / "adamw", f"d{seed}", optimizer="adamw", stage="confirm", k="default",
+                  seed=seed, score=0.5 + 0.02 * seed, loss=1.7, steps=200)  # fmt: skip
+        for f, loss, steps in ((0.5, 2.0, 100), (2.0, 1.2, 400)):
+            _fake_run(logs / "speedup" / "adamw", f"{f}_{seed}", optimizer="adamw", stage="speedup", k=1,
+                      seed=seed, score=0.6, loss=loss, steps=steps, steps_factor=f)  # fmt: skip
+        sgd_loss = {1: 1.35, 2: 1.5, 3: 1.9}[seed]
+        _fake_run(logs / "confirm" / "sgd", f"t{seed}", optimizer="sgd", stage="confirm", k=1, seed=seed,
+                  score=0.4, loss=sgd_loss, steps=200)  # fmt: skip
+        _fake_run(logs / "confirm" / "sgd", f"d{seed}", optimizer="sgd", stage="confirm", k="default", seed=seed,
+                  score=0.3, loss=2.0, steps=200)  # fmt: skip
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.8}}) + "\n")
+    md = tuning.report([logs], tmp_path / "out", bench)
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "out" / "tuning_vit.csv").set_index("optimizer")
+    assert rel(table.loc["adamw", "speedup_steps"], 1.0)  # the reference against itself
+    want = math.exp(np.mean(np.log([math.sqrt(2), 1.0, 2**0.2 / 2])))
+    assert rel(table.loc["sgd", "speedup_steps"], want)
+    assert rel(table.loc["sgd", "speedup_wallclock"], want / 0.8)
+    assert rel(table.loc["adamw", "tuned_val/acc"], 0.62) and rel(table.loc["adamw", "default_val/acc"], 0.54)
+    assert rel(table.loc["adamw", "p_tuned_vs_default"], sps.ttest_rel([0.61, 0.62, 0.63], [0.52, 0.54, 0.56]).pvalue)
+    budget = pd.read_csv(tmp_path / "out" / "tuning_vit_budget.csv")
+    sgd = budget[budget.optimizer == "sgd"]["expected_best_val/acc"].tolist()
+    assert np.allclose(sgd, [0.35, 0.3 * 0.25 + 0.4 * 0.75])  # (0.3 + 0.4) / 2; 0.4 unless both draws are 0.3
+    assert "## Optimizers, tuned equally" in md.read_text()
+    assert (tmp_path / "out" / "tuning_vit_budget.png").stat().st_size > 0
+
+
+# --- a tiny search, end to end -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tiny_search_runs_and_its_rerun_skips(tmp_path, data_dir):
+    tiny = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "trainer.max_epochs=1",
+            "data.train_subset=256", "data.num_workers=0", "test=false", "logger=csv",
+            f"paths.log_dir={tmp_path}", f"data.data_dir={data_dir}"]  # fmt: skip
+    args = [sys.executable, "-m", "analysis.tuning", "run", "vit", "--stage", "search", "--optimizers", "adamw,sgd",
+            "--trials", "2", "--log-dir", str(tmp_path), *tiny]  # fmt: skip
+    first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-4000:]
+    records = tuning.load_records([tmp_path / "tuning" / "vit" / "search"])
+    assert sorted((r["optimizer"], r["k"]) for r in records) == [("adamw", "0"), ("adamw", "1"), ("sgd", "0"),
+                                                                 ("sgd", "1")]  # fmt: skip
+    assert all(r["status"] == "completed" and r["steps"] == 2 for r in records)
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("jobs done, skipped") == 2, again.stdout
+    assert len(tuning.load_records([tmp_path / "tuning" / "vit" / "search"])) == 4
+    # the confirm stage reads the search: each optimizer's best trial, and the usual setting
+    confirm = tuning.plan("vit", "confirm", tmp_path, tiny, ["adamw", "sgd"], trials=2)
+    for sweep in confirm:
+        scores = {r["k"]: r["score"] for r in records if r["optimizer"] == sweep.optimizer}
+        assert [t["k"] for t in _trials(sweep)] == [int(max(scores, key=scores.get)), "default"]
+        assert sweep.sweep_dir == tmp_path / "tuning" / "vit" / "confirm" / sweep.optimizer
