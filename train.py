@@ -12,6 +12,7 @@ checkpoints and ``metrics.json`` (also when it fails).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from pathlib import Path
 
 import hydra
@@ -59,6 +60,10 @@ def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except SIGTERMException:  # stopped: checkpoint saved, metrics.json says interrupted
+        # loader workers ignore SIGTERM (so a signal to the whole group cannot kill them before the
+        # checkpoint): end them here, or multiprocessing's exit handler waits for them forever
+        for worker in multiprocessing.active_children():
+            worker.kill()
         raise SystemExit(stop.exit_code if stop is not None else 143) from None
     if summary.summary["status"] != "completed":  # fit stopped early (e.g. Ctrl-C)
         return None
