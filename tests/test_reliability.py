@@ -149,7 +149,7 @@ def test_bad_value_fails_fast_from_the_command_line(tmp_path, data_dir):
     proc = run_train("model.num_heads=7", log_dir=tmp_path, data_dir=data_dir, check=False)
     assert proc.returncode == 2
     err = proc.stdout + proc.stderr
-    assert "Invalid setting model.embed_dim=256: must be divisible by model.num_heads=7" in err
+    assert "Invalid setting model.num_heads=7: must be a divisor of model.embed_dim=256" in err
     assert "Traceback" not in err
     assert "Loading CIFAR-10" not in err  # failed before any data was loaded
     assert find_runs(tmp_path) == []  # a refused run leaves no run folder (a refused sweep job does: test_errors)

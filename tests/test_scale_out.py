@@ -46,7 +46,11 @@ def overrides_of(run_dir: Path) -> dict[str, str]:
 def test_ddp_on_two_processes_logs_once_and_matches_a_single_process_evaluation(tmp_path, data_dir):
     # val_size=64 = 2 processes x 2 batches x 16 images: DistributedSampler splits the 64 images into
     # two disjoint halves with no padding, and debug's limit_val_batches=2 covers each half entirely.
-    proc = run_train(*TINY, "trainer=ddp", "trainer.devices=2", "data.val_size=64", log_dir=tmp_path, data_dir=data_dir)
+    # fp32 (the CPU default is bf16 where the processor has it): compared below with an fp32 evaluation
+    proc = run_train(
+        *TINY, "trainer=ddp", "trainer.devices=2", "trainer.precision=32-true", "data.val_size=64",
+        log_dir=tmp_path, data_dir=data_dir,
+    )  # fmt: skip
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # rank 1 joined the process group
 
     runs = find_runs(tmp_path)
