@@ -148,6 +148,16 @@ class StudyModule(Checked, pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._logged_this_epoch.discard("train")
 
+    def on_train_start(self) -> None:
+        # A run resumed after the last training batch of an epoch (stopped during its validation)
+        # re-enters that epoch with no training step left to log the metric objects: they are logged
+        # here, their states (the epoch's batches) restored by callbacks.resume.ResumeState.
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        if 0 < progress.completed >= self.trainer.num_training_batches:
+            for name, metric in self.metrics["train"].items():
+                self.log(f"train/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
+            self._logged_this_epoch.add("train")
+
     def on_validation_epoch_start(self) -> None:
         self._logged_this_epoch.discard("val")
 

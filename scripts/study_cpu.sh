@@ -11,8 +11,11 @@ QUIET=(callbacks.progress_bar=null)
 # 1. bf16 vs fp32 on Table 2 config 2 (the CPU default's accuracy check, paired by seed)
 "$PY" train.py -m experiment=table2_2_adamw seed=1,2,3 budget=cpu trainer.precision=32-true "${QUIET[@]}" \
   hydra.sweep.dir="$DIR/table2_2_fp32"
-# 2. Table 2, every configuration x 3 seeds (configurations outer: each one's seeds finish together)
-"$PY" train.py -m 'experiment=glob(table2_*)' seed=1,2,3 budget=cpu "${QUIET[@]}" hydra.sweep.dir="$DIR/table2"
+# 2. Table 2, every configuration x 3 seeds (configurations outer: each one's seeds finish together).
+#    Order: config 2 first (it completes step 1's paired check), then the post- vs pre-norm pair at 6
+#    layers, then the optimizers, then depth 4.
+T2=table2_2_adamw,table2_6_adamw_6l,table2_7_adamw_6l_post,table2_1_adam,table2_3_sgd,table2_4_momentum,table2_5_adamw_4l
+"$PY" train.py -m experiment=$T2 seed=1,2,3 budget=cpu "${QUIET[@]}" hydra.sweep.dir="$DIR/table2"
 # 3. Table 1 on the offline split (no WikiText-2 train split here), 3 epochs x 3 seeds
 "$PY" train.py -m 'experiment=glob(table1_*)' seed=1,2,3 budget=cpu data=wikitext2_offline "${QUIET[@]}" \
   hydra.sweep.dir="$DIR/table1"

@@ -107,10 +107,14 @@ class KillAtStep(pl.Callback):
     ``step=None`` reads ``LMVIT_KILL_AT`` (``"<seed>:<step>"``, ``"any:<step>"``; unset: never), so a
     sweep can be killed in one job and rerun with the very same overrides; ``seed`` is the job's
     (``+callbacks.kill.seed=${seed}``). ``sig="SIGTERM"`` sends SIGTERM to the whole process group
-    instead, as a scheduler or a container stop does (the loader workers get it too)."""
+    instead, as a scheduler or a container stop does (the loader workers get it too).
+    ``validation_batch=k`` signals after validation batch ``k`` of the validation that follows step
+    ``step`` instead (a stop in the middle of an epoch's validation)."""
 
-    def __init__(self, step: int | None = None, seed: int | None = None, sig: str = "SIGKILL") -> None:
-        self.step, self.seed, self.sig = step, seed, sig
+    def __init__(
+        self, step: int | None = None, seed: int | None = None, sig: str = "SIGKILL", validation_batch: int | None = None
+    ) -> None:
+        self.step, self.seed, self.sig, self.validation_batch = step, seed, sig, validation_batch
 
     def _target(self) -> int | None:
         if self.step is not None:
@@ -119,8 +123,16 @@ class KillAtStep(pl.Callback):
         return int(step) if step and which in ("any", str(self.seed)) else None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step != self._target():
+        if self.validation_batch is None and trainer.global_step == self._target():
+            self._signal()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking or self.validation_batch is None:
             return
+        if trainer.global_step == self._target() and batch_idx == self.validation_batch:
+            self._signal()
+
+    def _signal(self) -> None:
         if self.sig == "SIGKILL":
             os.kill(os.getpid(), signal.SIGKILL)
         else:

@@ -3,6 +3,7 @@
 - SIGTERM to the process group (a scheduler, ``timeout``, a container stop; loader workers
   included): a checkpoint where the run stands, ``interrupted``, one line with the resume command,
   exit 143; the resumed run equals an uninterrupted one, its times summed over its pieces.
+- Stopped in the middle of an epoch's validation: the resumed run validates that epoch again, whole.
 - A finished run resumed with nothing to do changes nothing.
 - A sweep SIGKILLed in its second job, rerun with the same command and ``hydra.sweep.dir``: the
   completed job is untouched, the killed one resumes, every number equals an uninterrupted sweep's.
@@ -79,6 +80,29 @@ def test_sigterm_saves_where_it_stands_and_the_resumed_run_keeps_every_second(tm
     longer = load_metrics(run)
     assert longer["epochs"] == 4 and longer["history"][:3] == resumed["history"]
     assert_times_summed(longer, pieces=3)
+
+
+def test_a_run_stopped_during_validation_validates_that_epoch_again_when_resumed(tmp_path, data_dir):
+    """Lightning would resume past the stopped validation: that epoch's val numbers would be lost."""
+    common = [*SMALL, "data.num_workers=0"]
+    run_train(*common, log_dir=tmp_path / "a", data_dir=data_dir)
+    (reference,) = find_runs(tmp_path / "a")
+    # SIGTERM after validation batch 1 (of 3) of epoch 2's validation (10 steps an epoch)
+    stop = [*KILL, "+callbacks.kill.sig=SIGTERM", "+callbacks.kill.validation_batch=1"]
+    args = [sys.executable, str(ROOT / "train.py"), *common, *stop]
+    args += [f"paths.log_dir={tmp_path / 'b'}", f"data.data_dir={data_dir}"]
+    env = {**os.environ, "LMVIT_KILL_AT": "any:20"}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, start_new_session=True)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    (run,) = find_runs(tmp_path / "b")
+    assert load_metrics(run)["epochs"] == 1  # epoch 2 had not ended
+
+    run_train(f"resume={run}", log_dir=tmp_path / "b", data_dir=None)
+    resumed = load_metrics(run)
+    assert resumed["status"] == "completed"
+    assert all("val/acc" in row for row in resumed["history"]), resumed["history"]
+    assert comparable(resumed) == comparable(load_metrics(reference))
+    assert_times_summed(resumed, pieces=2)
 
 
 def sweep(tmp_path, sweep_dir, *extra, kill: str | None = None, data_dir=None) -> subprocess.CompletedProcess:

@@ -16,6 +16,9 @@ class LearningRateMonitor(_LearningRateMonitor):
         self._active = bool(trainer.loggers)
         if self._active:
             super().on_train_start(trainer, *args, **kwargs)
+            if trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0:
+                # resumed inside an epoch: the epoch's row gets the rate even with no step left to run
+                self._extract_stats(trainer, "any")
 
     def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
         if self._active:

@@ -84,7 +84,9 @@ class ProgressLog(Checked, pl.Callback):
             skip_hook(self, "on_train_batch_end")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._fit_start = time.perf_counter()
+        # a run resumed inside an epoch re-enters it without on_train_epoch_start: its epoch line
+        # counts this process's part of that epoch
+        self._fit_start = self._epoch_start = time.perf_counter()
         self._start_step = trainer.global_step  # a resumed run estimates from its own pace
         self._estimate_from = (self._start_step + WARMUP_STEPS, 0.0)  # (step, time) the estimate counts from
         if self._total_steps(trainer) - self._start_step <= WARMUP_STEPS + self.estimate_after:  # over before

@@ -15,7 +15,7 @@ class ResumeState(pl.Callback):
     """Makes a resumed run continue exactly where it stopped.
 
     Saves in every checkpoint the RNG states (torch, CUDA, numpy, random) and, when the checkpoint
-    is taken mid-epoch, the states of the LightningModule's ``train_*`` torchmetrics (the
+    is taken inside an epoch (its validation included), the states of the LightningModule's ``train_*`` torchmetrics (the
     accumulated loss and accuracy of the epoch so far), which Lightning does not save itself.
     """
 
@@ -30,7 +30,7 @@ class ResumeState(pl.Callback):
             "train_metrics": {},
         }
         processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if 0 < processed < trainer.num_training_batches:  # mid-epoch
+        if processed > 0:  # inside an epoch (its validation included: on_train_epoch_end resets them)
             for name, metric in _train_metrics(pl_module):
                 state["train_metrics"][name] = {k: _clone(getattr(metric, k)) for k in metric._defaults}
         checkpoint[self.KEY] = state

@@ -8,6 +8,12 @@ included), so ``python train.py resume=<run dir>`` -- or, in a sweep, rerunning 
 the same ``hydra.sweep.dir`` -- continues from that step. ``RunSummary`` marks the run
 ``interrupted``; ``train.py`` exits with 128 + the signal's number. Loader workers ignore both
 signals (``datamodules.sampling``): the training process stops them.
+
+A stop during an epoch's validation keeps that validation: Lightning stops at a validation batch
+boundary, and a checkpoint taken there would resume past it (its loop state reads "training done,
+validation done"), so the epoch's validation numbers would be missing from the run's history. The
+checkpoint written here rewinds the validation loop's counters to "validation of this epoch began,
+no batch finished", which Lightning resumes by running that validation again, whole.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class StopCheckpoint(pl.Callback):
         self.resume_hint = resume_hint  # the command that continues the run (set by train.py)
         self.signal: int | None = None  # the signal that stopped the run
         self._previous_sigint = None
+        self._rewind_validation = False  # set while the stop checkpoint of a run inside validation is written
 
     def on_fit_start(self, trainer, pl_module) -> None:
         def on_sigint(signum, frame):
@@ -60,7 +67,13 @@ class StopCheckpoint(pl.Callback):
         if self.signal is None:
             self.signal = signal.SIGINT if isinstance(exception, KeyboardInterrupt) else signal.SIGTERM
         path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
+        self._rewind_validation = bool(
+            trainer.state.fn == "fit" and trainer.validating and not trainer.sanity_checking
+        )
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._rewind_validation = False
         if trainer.is_global_zero:
             hint = f"; continue with: {self.resume_hint}" if self.resume_hint else ""
             log.warning(
@@ -72,6 +85,24 @@ class StopCheckpoint(pl.Callback):
                 hint,
             )
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self._rewind_validation:
+            rewind_validation(checkpoint)
+
     @property
     def exit_code(self) -> int:
         return 128 + int(self.signal or signal.SIGTERM)
+
+
+def rewind_validation(checkpoint: dict) -> None:
+    """Makes a checkpoint taken inside an epoch's validation resume by running that validation again.
+
+    Lightning resumes an evaluation it finds "started but not processed" (its own mark of a step that
+    died): the counters say one batch began and none finished in this validation, so the rerun starts
+    at batch 0 with fresh metric states, and the totals stay those of the validations before it.
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    before = progress["total"]["completed"] - progress["current"]["completed"]  # earlier validations
+    progress["total"] = {"ready": before + 1, "started": before + 1, "processed": before, "completed": before}
+    progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+    progress["is_last_batch"] = False
