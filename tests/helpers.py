@@ -112,7 +112,11 @@ class KillAtStep(pl.Callback):
     ``step`` instead (a stop in the middle of an epoch's validation)."""
 
     def __init__(
-        self, step: int | None = None, seed: int | None = None, sig: str = "SIGKILL", validation_batch: int | None = None
+        self,
+        step: int | None = None,
+        seed: int | None = None,
+        sig: str = "SIGKILL",
+        validation_batch: int | None = None,
     ) -> None:
         self.step, self.seed, self.sig, self.validation_batch = step, seed, sig, validation_batch
 

@@ -15,8 +15,9 @@ class ResumeState(pl.Callback):
     """Makes a resumed run continue exactly where it stopped.
 
     Saves in every checkpoint the RNG states (torch, CUDA, numpy, random) and, when the checkpoint
-    is taken inside an epoch (its validation included), the states of the LightningModule's ``train_*`` torchmetrics (the
-    accumulated loss and accuracy of the epoch so far), which Lightning does not save itself.
+    is taken inside an epoch (its validation included), the states of the LightningModule's
+    ``train_*`` torchmetrics (the accumulated loss and accuracy of the epoch so far), which
+    Lightning does not save itself.
     """
 
     KEY = "lmvit_resume_state"

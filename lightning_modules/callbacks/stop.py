@@ -67,9 +67,7 @@ class StopCheckpoint(pl.Callback):
         if self.signal is None:
             self.signal = signal.SIGINT if isinstance(exception, KeyboardInterrupt) else signal.SIGTERM
         path = self.dirpath / "last.ckpt"
-        self._rewind_validation = bool(
-            trainer.state.fn == "fit" and trainer.validating and not trainer.sanity_checking
-        )
+        self._rewind_validation = bool(trainer.state.fn == "fit" and trainer.validating and not trainer.sanity_checking)
         try:
             trainer.save_checkpoint(path)
         finally:
