@@ -50,6 +50,8 @@ clean-logs:
 BENCH_OUT ?= logs/bench/results.jsonl
 .PHONY: bench gpu-prep
 bench: install
+	$(PY) bench/cpu_step.py --repeats 5 --out $(BENCH_OUT)
+	$(PY) bench/cpu_threads.py --repeats 6 --steps 12 --out $(BENCH_OUT)
 	$(PY) bench/attention.py --out $(BENCH_OUT)
 	$(PY) bench/vit_vs_timm.py --out $(BENCH_OUT)
 	$(PY) bench/trainer_overhead.py --case vit --out $(BENCH_OUT)
@@ -58,6 +60,7 @@ bench: install
 	$(PY) bench/trainer_overhead.py --case lstm --repeats 6 --out $(BENCH_OUT)
 	$(PY) bench/data_throughput.py --out $(BENCH_OUT)
 	$(PY) bench/memory.py --out $(BENCH_OUT)
+	$(PY) bench/inspection.py --layers 2 --repeats 5 --out $(BENCH_OUT)
 	$(PY) bench/optimizers.py --repeats 3 --out $(BENCH_OUT)
 
 ## make gpu-prep: what bench/gpu_check.sh needs on a GPU machine without network (.gpu/, .whl/)

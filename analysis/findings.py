@@ -44,10 +44,8 @@ check has runs.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -56,6 +54,7 @@ from analysis.runs import completed
 from analysis.stats import compare, holm
 from analysis.study import OPTIMIZER_NAMES, study_rows
 from analysis.timing import alone, time_refusal
+from lmvit.runs import read_metrics
 
 ALPHA = 0.05
 OVERFIT_TOL = 0.02
@@ -404,10 +403,7 @@ def _compare(finding: Finding, check: Compare, groups: _Groups, budget: str) -> 
 
 
 def _history(run: str) -> list[dict]:
-    try:
-        return json.loads(Path(run, "metrics.json").read_text()).get("history") or []
-    except (OSError, json.JSONDecodeError):
-        return []
+    return (read_metrics(run) or {}).get("history") or []
 
 
 def _overfitting(finding: Finding, check: NoOverfitting, groups: _Groups, budget: str) -> list[dict]:

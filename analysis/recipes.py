@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.runs import _get, _read_config, completed
+from analysis.runs import _get, completed
 from analysis.study import study_rows
+from lmvit.runs import read_config
 
 PREFIXES = ("vit_strong", "lstm_regularized")
 TITLES = {"beyond": "Beyond the study: stronger recipes (vit_strong*, lstm_regularized)"}
@@ -103,7 +104,7 @@ def beyond_table(runs: pd.DataFrame) -> pd.DataFrame:
             {
                 "Experiment": run["experiment"],
                 "Label": run["label"],
-                "Recipe": recipe(_read_config(Path(run["run"]))),
+                "Recipe": recipe(read_config(Path(run["run"]))),
                 "Epochs": run.get("epochs"),
                 "Params": run.get("params"),
                 "Best val": best if pd.notna(best) else run.get(metric, np.nan),

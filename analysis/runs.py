@@ -24,106 +24,26 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
 
 from analysis.study import OPTIMIZER_NAMES, match_study_config
 from analysis.timing import measurement
+from lmvit.runs import (  # noqa: F401 (NOT_RUNS, NOT_CONFIGURATION, find_run_dirs: re-exported)
+    NOT_CONFIGURATION,
+    NOT_RUNS,
+    effective_lr,
+    find_run_dirs,
+    flatten,
+    is_configuration,
+    read_choices,
+    read_config,
+    read_metrics,
+    under,
+)
 
-RUN_MARKERS = ("metrics.json", ".hydra/config.yaml", "config.yaml")
 EVENT_GLOB = "events.out.tfevents.*"
 
-# Config keys that are not part of a run's configuration: its seed (and what copies it), where it
-# reads and writes, logging cadence, and callbacks that do not change training (early stopping
-# does, so it stays). Everything else, lr and epochs included, tells configurations apart.
-NOT_CONFIGURATION = (
-    "seed",
-    "data.seed",
-    "data.data_dir",
-    "data.cache_dir",
-    "data.tokenizer_dir",
-    "data.num_workers",
-    "data.pin_memory",
-    "data.download",
-    "trainer.default_root_dir",
-    "trainer.log_every_n_steps",
-    "trainer.enable_progress_bar",
-    "logger",
-    "paths",
-    "test",
-    "ckpt_path",
-    "resume",
-    "label",
-    "study_config",
-    "model.optimizer",
-    "model.scheduler",
-    "callbacks",
-    "hydra",
-)
-KEEP_CALLBACKS = ("early_stopping",)
 # what the study's comparisons vary (findings pair configurations that differ only in these)
 STUDY_AXES = ("model.num_layers", "model.norm")
-
-
-# folders below a log folder that hold no runs of their own: reports, the Hydra files of a resumed
-# run's later sessions (<run>/resumes/<date_time>/), and debug presets' runs (reported only when
-# asked for by name)
-NOT_RUNS = ("report", "resumes", "debug")
-
-
-def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Run directories at or below ``paths`` (a run is a folder holding ``metrics.json``,
-    ``.hydra/config.yaml`` or ``config.yaml``), sorted, without :data:`NOT_RUNS`."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    found: set[Path] = set()
-    for root in map(Path, paths):
-        if not root.exists():
-            raise FileNotFoundError(
-                f"Run or sweep directory {root} does not exist: pass a folder written by train.py "
-                "(e.g. logs/multiruns/<date_time>) or a log folder holding such runs"
-            )
-        for marker in ("metrics.json", "config.yaml"):
-            for file in root.rglob(marker):
-                run = file.parent.parent if file.parent.name == ".hydra" else file.parent
-                parts = run.relative_to(root).parts
-                if not any(p in NOT_RUNS for p in parts) and _is_run_dir(run):
-                    found.add(run.resolve())
-    return sorted(found)
-
-
-def _is_run_dir(path: Path) -> bool:
-    return any((path / marker).is_file() for marker in RUN_MARKERS)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _read_config(run: Path) -> dict[str, Any]:
-    """The run's resolved config (``config.yaml``, written by train.py) or Hydra's copy."""
-    for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
-        if path.is_file():
-            try:
-                return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
-            except Exception:  # noqa: BLE001 - a half-written file: treat as unknown
-                continue
-    return {}
-
-
-def _read_choices(run: Path) -> dict[str, Any]:
-    """Hydra's config-group choices (``optimizer: adamw``, ``model: vit``, ``experiment: ...``)."""
-    path = run / ".hydra" / "hydra.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        hydra_cfg = OmegaConf.load(path)
-        choices = OmegaConf.select(hydra_cfg, "hydra.runtime.choices", default=None)
-        return OmegaConf.to_container(choices, resolve=False) if choices is not None else {}  # type: ignore[return-value]
-    except Exception:  # noqa: BLE001
-        return {}
 
 
 def _optimizer_key(choices: dict[str, Any], config: dict[str, Any]) -> str | None:
@@ -145,23 +65,6 @@ def _get(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
     return d
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, name))
-        else:
-            out[name] = value
-    return out
-
-
-def _dropped(name: str, prefixes: Iterable[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 def _digest(items: dict[str, Any]) -> str:
     text = json.dumps(sorted(items.items()), default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
@@ -176,33 +79,27 @@ def config_keys(config: dict[str, Any], summary: dict[str, Any] | None = None) -
     * ``setting``: without the optimizer (but its lr), depth and norm placement: the study's
       comparisons pair groups of one setting (same budget, data, lr, ...).
     """
-    flat = _flat(config)
+    flat = flatten(config)
     if flat:  # a run from before budgets had a name ran the default budget: one configuration with its seeds
         flat.setdefault("budget", "full")
     if not flat:  # no config file: the overrides without the seed say what the run was
         overrides = [
-            o
-            for o in (summary or {}).get("overrides", [])
-            if not _dropped(o.split("=", 1)[0].lstrip("+~"), NOT_CONFIGURATION)
+            o for o in (summary or {}).get("overrides", []) if is_configuration(o.split("=", 1)[0].lstrip("+~"))
         ]
         flat = {
             "task": (summary or {}).get("task"),
             "overrides": sorted(overrides),
             "label": _get(summary or {}, "experiment.label"),
         }
-    kept = {
-        k: v
-        for k, v in flat.items()
-        if not _dropped(k, NOT_CONFIGURATION) or _dropped(k, [f"callbacks.{c}" for c in KEEP_CALLBACKS])
-    }
-    no_optimizer = {k: v for k, v in kept.items() if not _dropped(k, ["optimizer"])}
+    kept = {k: v for k, v in flat.items() if is_configuration(k)}
+    no_optimizer = {k: v for k, v in kept.items() if not under(k, ["optimizer"])}
     return {
         "group": _digest(kept),
         "family": _digest({k: v for k, v in kept.items() if k != "optimizer.lr"}),
         "lr_setting": _digest(no_optimizer),
         "setting": _digest(
             {
-                **{k: v for k, v in no_optimizer.items() if not _dropped(k, STUDY_AXES)},
+                **{k: v for k, v in no_optimizer.items() if not under(k, STUDY_AXES)},
                 "optimizer.lr": kept.get("optimizer.lr"),
             }
         ),
@@ -218,9 +115,9 @@ def _group_name(run: Path, seed: Any) -> str:
 def describe_run(run: Path) -> dict[str, Any]:
     """One run as a flat record (see :func:`load_runs`)."""
     run = Path(run)
-    summary = _read_json(run / "metrics.json")
-    config = _read_config(run)
-    choices = _read_choices(run)
+    summary = read_metrics(run)
+    config = read_config(run)
+    choices = read_choices(run)
     experiment = (summary or {}).get("experiment") or {}
     task = (summary or {}).get("task") or config.get("task")
     optimizer = _optimizer_key(choices, config)
@@ -295,16 +192,6 @@ def _default_label(task, optimizer, num_layers, norm, run: Path) -> str:
     if optimizer:
         parts.append(OPTIMIZER_NAMES.get(optimizer, optimizer))
     return " ".join(parts)
-
-
-def effective_lr(config: dict) -> float | None:
-    """The learning rate the optimizer uses: ``optimizer.lr`` times the optimizer config's
-    ``lr_scale`` (Lion, Schedule-Free, ...: their usual lr relative to AdamW's; 1 when absent)."""
-    lr = _get(config, "optimizer.lr")
-    scale = _get(config, "optimizer.lr_scale")
-    if lr is None:
-        return None
-    return float(lr) * (float(scale) if scale is not None else 1.0)
 
 
 def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:

@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from lmvit.runs import flatten, is_configuration, under
+
 OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "momentum": "Momentum"}
 STUDY_LR = {"lstm": 1e-3, "vit": 3e-4}  # one learning rate for every optimizer of a table
 
@@ -186,7 +188,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # the presets of the study's rows: conf/experiment/table*.yaml and extra/table*.yaml
 PRESET_GLOBS = ("table*.yaml", "extra/table*.yaml")
 # what defines a study row (every key below these, resolved), less what is not configuration
-# (analysis.runs.NOT_CONFIGURATION: seed, paths, workers, ...), the setting axes and speed options below
+# (lmvit.runs.NOT_CONFIGURATION: seed, paths, workers, ...), the setting axes and speed options below
 ROW_AXES = ("task", "model", "optimizer", "scheduler", "data")
 # the budget and data files a row is run at (epochs, training subset, batches, which token files):
 # part of a run's *setting*, compared between runs (never runs of two settings in one check), not
@@ -207,27 +209,12 @@ SETTING_AXES = (
 SPEED_ONLY = ("model.compile", "model.compile_mode", "model.attention", "data.device_augment")
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        out.update(_flat(value, name) if isinstance(value, dict) and value else {name: value})
-    return out
-
-
 def row_axes(config: dict[str, Any]) -> dict[str, Any]:
     """A resolved config's values on the axes that define a study row (flat, dotted keys)."""
-    from analysis.runs import NOT_CONFIGURATION  # runs imports this module
-
-    def under(key: str, prefixes) -> bool:
-        return any(key == p or key.startswith(p + ".") for p in prefixes)
-
     return {
         k: v
-        for k, v in _flat({k: config.get(k) for k in ROW_AXES if k in config}).items()
-        if not under(k, NOT_CONFIGURATION) and not under(k, SETTING_AXES) and not under(k, SPEED_ONLY)
+        for k, v in flatten({k: config.get(k) for k in ROW_AXES if k in config}).items()
+        if is_configuration(k) and not under(k, SETTING_AXES) and not under(k, SPEED_ONLY)
     }
 
 

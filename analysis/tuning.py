@@ -37,6 +37,7 @@ from scipy import stats as sps
 from scipy.stats import qmc
 
 from lmvit.errors import ConfigError, UserError
+from lmvit.runs import effective_lr, find_run_dirs, read_config, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -286,17 +287,16 @@ def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
     ``config.yaml`` with a ``trial`` (the runs of this module's sweeps)."""
     records = []
     for root in paths:
-        root = Path(root)
-        found = [root / "metrics.json"] if (root / "metrics.json").is_file() else sorted(root.rglob("metrics.json"))
-        for path in found:
-            run = path.parent
-            if not (run / "config.yaml").is_file():
+        if not Path(root).exists():  # a sweep not started yet
+            continue
+        for run in find_run_dirs(root):
+            metrics = read_metrics(run)
+            if metrics is None or not (run / "config.yaml").is_file():
                 continue
-            cfg = OmegaConf.load(run / "config.yaml")
+            cfg = OmegaConf.create(read_config(run))
             trial = cfg.get("trial")
             if trial is None:
                 continue
-            metrics = json.loads(path.read_text())
             history = metrics.get("history") or []
             final = metrics.get("final") or {}
             monitor = str(cfg.monitor.metric)
@@ -315,7 +315,7 @@ def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
                     "score": final.get(monitor),
                     "val_loss": final.get("val/loss"),
                     "steps": int(history[-1]["step"]) if history and "step" in history[-1] else None,
-                    "lr": float(trial.lr) * float(cfg.optimizer.get("lr_scale") or 1.0),  # the lr it used
+                    "lr": effective_lr(read_config(run)),  # the lr it used
                     "weight_decay": float(trial.weight_decay),
                     "warmup_fraction": float(trial.warmup_fraction) if "warmup_fraction" in trial else None,
                     "train_seconds": metrics.get("train_seconds"),

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+import lmvit.resolvers  # noqa: E402, F401  (the config's ${lmvit.*} resolvers, for every compose below)
+
 
 def parser(description: str, repeats: int = 7, warmup: int = 1) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)

@@ -83,7 +83,7 @@ def main() -> None:
     p = common.parser(__doc__.splitlines()[0], repeats=5, warmup=1)
     p.add_argument("--case", choices=["vit", "lstm", "both"], default="both")
     p.add_argument("--steps", type=int, default=3, help="steps per measurement")
-    p.add_argument("--compile", action="store_true", help="also torch.compile (inductor) with bf16")
+    p.add_argument("--compile", action="store_true", help="also torch.compile (inductor), fp32 and bf16")
     args = common.parse(p)
     peak = peak_flops()
     for case in ["vit", "lstm"] if args.case == "both" else [args.case]:
@@ -91,8 +91,8 @@ def main() -> None:
         variants = {"fp32": ("explicit", False, False), "bf16": ("explicit", True, False)}
         if case == "vit":
             variants |= {"fp32_sdpa": ("sdpa", False, False), "bf16_sdpa": ("sdpa", True, False)}
-        if args.compile:
-            variants["bf16_compiled"] = ("explicit", True, True)
+        if args.compile:  # one factor at a time, then combined
+            variants |= {"fp32_compiled": ("explicit", False, True), "bf16_compiled": ("explicit", True, True)}
         nets, steps = {}, {}
         for name, (attention, bf16, compiled) in variants.items():
             net, cfg = make(attention)

@@ -18,6 +18,7 @@ import rich.tree
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from lmvit import runs
 from lmvit.errors import ConfigError
 from lmvit.settings import POSITIVE_INT, Rule, invalid, is_int
 
@@ -172,19 +173,12 @@ def print_config(cfg: DictConfig, save_to: Path | None = None, tree: bool = Fals
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
     """Resolved config as {"model.num_layers": 2, ...} with scalar values (for HParams)."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        elif isinstance(node, (int, float, str, bool)) or node is None:
-            flat[prefix] = "null" if node is None else node
-        else:
-            flat[prefix] = str(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
+    flat = runs.flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {
+        k: "null" if v is None else v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in flat.items()
+        if v != {}  # an empty section has no setting
+    }
 
 
 def reference_config(task_overrides: list[str], choices: dict[str, Any]) -> DictConfig | None:
@@ -211,28 +205,9 @@ HPARAM_COLUMNS = {
     "norm": "model.norm",
     "seed": "seed",
     "label": "label",
+    "study_config": "study_config",
 }
 HPARAM_GROUPS = ("task", "experiment", "study_config", "budget", "model", "optimizer", "scheduler", "data", "trainer")
-# settings that do not change what is learnt (where files go, how fast data loads, how often to log)
-NOT_HPARAMS = (
-    "embeddings_path",
-    "_target_",
-    "data_dir",
-    "cache_dir",
-    "tokenizer_dir",
-    "folder",
-    "num_workers",
-    "pin_memory",
-    "download",
-    "download_timeout",
-    "default_root_dir",
-    "log_every_n_steps",
-    "enable_",
-    "num_sanity_val_steps",
-    "limit_",
-    "check_val_every_n_epoch",
-    "val_check_interval",
-)
 
 
 def run_hparams(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -248,8 +223,9 @@ def run_hparams(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[
         else:
             value = flat.get(key, "null")
         out[column] = value
-    if isinstance(flat.get("optimizer.lr_scale"), (int, float)) and isinstance(out["lr"], (int, float)):
-        out["lr"] = out["lr"] * flat["optimizer.lr_scale"]  # the lr the optimizer uses (conf/optimizer/*.yaml)
+    lr = runs.effective_lr(OmegaConf.to_container(cfg, resolve=True))  # the lr the optimizer uses
+    if lr is not None:
+        out["lr"] = lr
     out["experiment"] = choices.get("experiment") or "null"
     shown = {k for k in HPARAM_COLUMNS.values() if k}
     for key, value in flat.items():
@@ -257,7 +233,8 @@ def run_hparams(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[
         if (
             key.split(".")[0] in HPARAM_GROUPS
             and key not in shown
-            and not any(leaf.startswith(x) or leaf == x for x in NOT_HPARAMS)
+            and runs.is_configuration(key)
+            and leaf not in ("_target_", "embeddings_path")  # a class and a file: in config.yaml
         ):
             out[key] = value
     return out

@@ -28,15 +28,18 @@ OmegaConf.register_new_resolver("lmvit.job_dirname", job_dirname, replace=True)
 
 
 MAX_DEFAULT_WORKERS = 4  # the former fixed default (more: data.num_workers=N)
+IN_PROCESS_UP_TO = 2  # cores on which loading in the training process is faster than a worker
 
 
 def default_workers() -> int:
     """``data.num_workers``'s default (``${lmvit.default_workers:}``): one loader worker per usable
-    core but one (the training process keeps a core), at most :data:`MAX_DEFAULT_WORKERS`; 0 (load
-    in the training process) on one core. Never more than the cores, so torch's "excessive worker
-    creation" warning does not fire: 1 on 2 cores, 4 on 6 cores or more."""
+    core but one (the training process keeps a core), at most :data:`MAX_DEFAULT_WORKERS`, and 0
+    (load in the training process) on :data:`IN_PROCESS_UP_TO` cores or fewer: on 2 cores a worker
+    takes a core from the two intra-op threads of the step, and the bf16 ViT step fed in-process
+    was 0.90x as long as with 1 worker (paired, ``bench/cpu_threads.py``, BENCHMARKS.md). Never
+    more than the cores, so torch's "excessive worker creation" warning does not fire."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
+    return 0 if cores <= IN_PROCESS_UP_TO else min(MAX_DEFAULT_WORKERS, cores - 1)
 
 
 OmegaConf.register_new_resolver("lmvit.default_workers", default_workers, replace=True)

@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError
-from lmvit.runs import check_checkpoint, load_metrics
+from lmvit.runs import check_checkpoint, load_metrics, read_hydra
 
 # what a rerun sweep does with a job it finds in its directory, by the job's metrics.json status
 FINISHED = ("completed",)  # skipped
@@ -58,10 +58,8 @@ def run_identity(cfg: DictConfig) -> tuple[list[str], dict[str, str]]:
     recorded in ``.hydra/hydra.yaml``."""
     hydra_cfg = HydraConfig.get()
     if cfg.resume:
-        saved = Path(cfg.resume) / ".hydra" / "hydra.yaml"
-        if saved.is_file():
-            hydra_cfg = OmegaConf.load(saved).hydra
-        else:
+        hydra_cfg = read_hydra(cfg.resume)
+        if hydra_cfg is None:
             return [], {}
     # unresolved: an override may hold an interpolation (e.g. +callbacks.x.seed=${seed})
     choices = OmegaConf.to_container(hydra_cfg.runtime.choices, resolve=False)

@@ -1,8 +1,11 @@
-"""A finished run directory as ``eval.py``, ``generate.py`` and the notebook see it: its saved config,
-its checkpoints, its model, and (for a sweep folder) the completed runs below it.
+"""Run directories: the one reader of what ``train.py`` writes, for ``eval.py``, ``generate.py``,
+resume and sweeps (``lmvit.resume``, ``lmvit.hydra_callbacks``), ``analysis/`` and the notebook.
+Torch-free.
 
-A run directory holds ``config.yaml`` (the resolved config ``train.py`` saved), ``metrics.json`` and
-``checkpoints/`` (``last.ckpt``, ``best-epochNNN.ckpt``).
+A run directory holds ``config.yaml`` (the resolved config ``train.py`` saved), ``.hydra/``
+(Hydra's ``config.yaml``, ``hydra.yaml`` with the overrides and config-group choices),
+``metrics.json`` and ``checkpoints/`` (``last.ckpt``, ``best-epochNNN.ckpt``). Sweeps nest runs at
+any depth; :data:`NOT_RUNS` are folders below a log folder that hold no runs of their own.
 """
 
 from __future__ import annotations
@@ -16,6 +19,146 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError, UserError
+
+RUN_MARKERS = ("metrics.json", ".hydra/config.yaml", "config.yaml")
+# folders below a log folder that hold no runs of their own: reports, the Hydra files of a resumed
+# run's later sessions (<run>/resumes/<date_time>/), and debug presets' runs (reported only when
+# asked for by name)
+NOT_RUNS = ("report", "resumes", "debug")
+
+
+# Config keys that are not part of a run's configuration (what it learns): its seed (and what copies
+# it), where it reads and writes, how fast data loads, how often it logs or validates, what it only
+# displays, and callbacks that do not change training (early stopping does: KEEP_CALLBACKS).
+# Everything else, lr, epochs and batch limits included, tells configurations apart. analysis/
+# groups seeds by it; TensorBoard's HParams tab shows the rest (lmvit.config.run_hparams).
+NOT_CONFIGURATION = (
+    "seed",
+    "data.seed",
+    "data.data_dir",
+    "data.folder",
+    "data.cache_dir",
+    "data.tokenizer_dir",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.download",
+    "data.download_timeout",
+    "trainer.default_root_dir",
+    "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.enable_checkpointing",
+    "trainer.num_sanity_val_steps",
+    "logger",
+    "paths",
+    "test",
+    "ckpt_path",
+    "resume",
+    "label",
+    "study_config",
+    "model.optimizer",
+    "model.scheduler",
+    "callbacks",
+    "hydra",
+)
+KEEP_CALLBACKS = ("callbacks.early_stopping",)
+
+
+def under(key: str, prefixes: Iterable[str]) -> bool:
+    """``key`` is one of ``prefixes`` or below one (``a.b`` is under ``a``)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def is_configuration(key: str) -> bool:
+    """Whether the dotted config key is part of what a run learns (:data:`NOT_CONFIGURATION`)."""
+    return not under(key, NOT_CONFIGURATION) or under(key, KEEP_CALLBACKS)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"model.num_layers": 2, ...}``; an empty mapping stays a value."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
+    return out
+
+
+def effective_lr(config: dict[str, Any]) -> float | None:
+    """The learning rate the optimizer uses: ``optimizer.lr`` times the optimizer config's
+    ``lr_scale`` (Lion, Schedule-Free, ...: their usual lr relative to AdamW's; 1 when absent), as
+    ``lightning_modules.optim.build_optimizer`` applies it."""
+    optimizer = config.get("optimizer") if isinstance(config, dict) else None
+    lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        return None
+    scale = optimizer.get("lr_scale")
+    return float(lr) * (float(scale) if isinstance(scale, (int, float)) else 1.0)
+
+
+def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Run directories at or below ``paths`` (a run is a folder holding ``metrics.json``,
+    ``.hydra/config.yaml`` or ``config.yaml``), sorted, without :data:`NOT_RUNS`."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: set[Path] = set()
+    for root in map(Path, paths):
+        if not root.exists():
+            raise FileNotFoundError(
+                f"Run or sweep directory {root} does not exist: pass a folder written by train.py "
+                "(e.g. logs/multiruns/<date_time>) or a log folder holding such runs"
+            )
+        for marker in ("metrics.json", "config.yaml"):
+            for file in root.rglob(marker):
+                run = file.parent.parent if file.parent.name == ".hydra" else file.parent
+                parts = run.relative_to(root).parts
+                if not any(p in NOT_RUNS for p in parts) and any((run / m).is_file() for m in RUN_MARKERS):
+                    found.add(run.resolve())
+    return sorted(found)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's object, or None when it is missing or half-written."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics(run: str | Path) -> dict[str, Any] | None:
+    """The run's ``metrics.json``, or None when it has none that reads."""
+    return read_json(Path(run) / "metrics.json")
+
+
+def read_config(run: str | Path) -> dict[str, Any]:
+    """The run's config as plain containers, unresolved: ``config.yaml`` (train.py's, resolved when
+    saved) or else Hydra's ``.hydra/config.yaml``; {} when neither reads."""
+    for path in (Path(run) / "config.yaml", Path(run) / ".hydra" / "config.yaml"):
+        if path.is_file():
+            try:
+                return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
+            except Exception:  # noqa: BLE001 - a half-written file: unknown
+                continue
+    return {}
+
+
+def read_hydra(run: str | Path) -> DictConfig | None:
+    """The ``hydra`` node of the run's ``.hydra/hydra.yaml`` (overrides, choices), or None."""
+    path = Path(run) / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return OmegaConf.load(path).hydra
+    except Exception:  # noqa: BLE001 - a half-written file: unknown
+        return None
+
+
+def read_choices(run: str | Path) -> dict[str, Any]:
+    """Hydra's config-group choices of the run (``optimizer: adamw``, ``model: vit``, ...); {} if unknown."""
+    hydra = read_hydra(run)
+    choices = OmegaConf.select(hydra, "runtime.choices", default=None) if hydra is not None else None
+    return OmegaConf.to_container(choices, resolve=False) if choices is not None else {}  # type: ignore[return-value]
 
 
 def is_run(path: Path) -> bool:
@@ -39,11 +182,7 @@ def completed_runs(folder: str | Path) -> list[Path]:
     """Run directories at or below ``folder`` whose ``metrics.json`` says ``completed``, sorted."""
     runs = []
     for metrics in sorted(Path(folder).rglob("metrics.json")):
-        try:
-            status = json.loads(metrics.read_text()).get("status")
-        except (OSError, ValueError):
-            continue
-        if status == "completed" and is_run(metrics.parent):
+        if (read_json(metrics) or {}).get("status") == "completed" and is_run(metrics.parent):
             runs.append(metrics.parent)
     return runs
 

@@ -69,6 +69,52 @@ def test_the_optimizers_are_the_configs_of_conf_optimizer():
     assert {"adam", "adamw", "sgd", "momentum"} <= set(OPTIMIZERS)  # the study's four
 
 
+ADAMAX = """\
+_target_: torch.optim.Adamax
+_partial_: true
+lr: ???
+lr_scale: 2.0
+weight_decay: 5e-4
+"""
+
+
+def test_an_optimizer_is_added_by_one_yaml_file(tmp_path, data_dir):
+    """docs/adding-an-optimizer.md's example, added to a copy of conf/: with that one file it is in
+    every derived list, the comparison preset labels it, and it trains with the model's lr x lr_scale."""
+    import shutil
+
+    from analysis.tuning import optimizer_names
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    (conf / "optimizer" / "adamax.yaml").write_text(ADAMAX)
+    assert "adamax" in optimizer_names(conf) and "adamax" not in OPTIMIZERS
+    assert ADAMAX in (ROOT / "docs" / "adding-an-optimizer.md").read_text()  # the doc shows this file
+
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        overrides = ["experiment=optimizers_vit", "optimizer=adamax", f"data.data_dir={data_dir}"]
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.label.endswith("adamax")
+    validate(cfg)
+    torch.manual_seed(0)
+    module = ViTClassifier(optimizer=instantiate(cfg.optimizer), **TINY_VIT)
+    optimizer = module.configure_optimizers()
+    assert type(optimizer) is torch.optim.Adamax
+    assert all(g["lr"] == pytest.approx(3e-4 * 2.0, rel=1e-9) for g in optimizer.param_groups)  # the ViT's lr
+    batch = fixed_batch("vit")
+    with torch.no_grad():
+        first = batch_loss(module, "vit", batch).item()
+    for _ in range(8):
+        optimizer.zero_grad()
+        batch_loss(module, "vit", batch).backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert batch_loss(module, "vit", batch).item() < first
+
+
 @pytest.mark.parametrize("model", ["vit", "lstm"])
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_config_lowers_the_loss_on_a_fixed_batch(name, model):
