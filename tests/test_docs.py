@@ -25,6 +25,8 @@ TINY = (
     "trainer.max_epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=2 "
     "trainer.limit_test_batches=2 trainer.num_sanity_val_steps=0 data.num_workers=0 callbacks.progress_bar=null"
 )
+# The tiny budget of a benchmark: one measured round, no warm-up (every bench/ script takes both).
+BENCH_TINY = "--repeats 1 --warmup 0"
 NOT_RUN = re.compile(r"#\s*not run here:\s*(?P<reason>.+)$")
 OPENERS, CLOSERS = ("for ", "while ", "if ", "until "), ("done", "fi")
 SHELL = {"|", "||", "&&", ";", "&"}
@@ -119,7 +121,11 @@ def _compose(cmd: str) -> str:
 PRELUDE = r"""
 set -e
 python() {
-  if [ "$1" = train.py ]; then command "$LMVIT_DOC_PY" "$@" $LMVIT_DOC_TINY; else command "$LMVIT_DOC_PY" "$@"; fi
+  case "$1" in
+    train.py) command "$LMVIT_DOC_PY" "$@" $LMVIT_DOC_TINY ;;
+    bench/*.py) command "$LMVIT_DOC_PY" "$@" $LMVIT_DOC_BENCH_TINY ;;
+    *) command "$LMVIT_DOC_PY" "$@" ;;
+  esac
 }
 __compose() { printf '%s\x1f' "$@" >> "$LMVIT_DOC_COMPOSE"; printf '\n' >> "$LMVIT_DOC_COMPOSE"; }
 """
@@ -186,9 +192,12 @@ def workspace(tmp_path: Path, seeded: Path, data_dir: Path) -> tuple[Path, dict]
     ws = tmp_path / "ws"
     ws.mkdir()
     for entry in ROOT.iterdir():
-        if entry.name not in {"logs", "report", ".git"}:
+        if entry.name not in {"logs", "report", ".git", "docs"}:
             (ws / entry.name).symlink_to(entry)
+    shutil.copytree(ROOT / "docs", ws / "docs")  # a command may rewrite a committed report: a copy's
     shutil.copytree(seeded, ws / "logs", symlinks=True)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(data_dir)  # ../shared/data, as beside the repository
     home = tmp_path / "home"
     home.mkdir()
     (home / "datasets").symlink_to(data_dir)
@@ -200,6 +209,7 @@ def workspace(tmp_path: Path, seeded: Path, data_dir: Path) -> tuple[Path, dict]
         "LMVIT_LOG_DIR": str(ws / "logs"),
         "LMVIT_DOC_PY": sys.executable,
         "LMVIT_DOC_TINY": TINY,
+        "LMVIT_DOC_BENCH_TINY": BENCH_TINY,
         "LMVIT_DOC_COMPOSE": str(tmp_path / "compose.txt"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ws),

@@ -258,6 +258,37 @@ def test_optuna_database_storage_works_with_the_pinned_sqlalchemy(tmp_path):
     assert len(reloaded.trials) == 2 and reloaded.best_value == study.best_value
 
 
+def test_trials_to_run_counts_finished_and_stopped_trials():
+    from hydra_plugins.lmvit_optuna.resumable import trials_to_run
+
+    assert trials_to_run([], 20) == (20, 0)
+    assert trials_to_run(["COMPLETE"] * 11 + ["FAIL"], 20) == (8, 0)
+    assert trials_to_run(["COMPLETE"] * 12 + ["RUNNING"] * 2, 20) == (6, 2)  # stopped ones count, as failed
+    assert trials_to_run(["COMPLETE"] * 25, 20) == (0, 0)
+
+
+@pytest.mark.slow
+def test_an_optuna_search_with_storage_continues_to_its_total(tmp_path, data_dir):
+    """A stored study rerun with a larger n_trials runs only the missing trials, in new job
+    directories; rerun once more, it has nothing left to run."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    common = [*TINY, "hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_jobs=1"]
+    common += [*SWEEP_JOB, f"hydra.sweep.dir={tmp_path / 'search'}"]
+    run_train(*common, "hydra.sweeper.n_trials=2", log_dir=tmp_path, data_dir=data_dir)
+    run_train(*common, "hydra.sweeper.n_trials=3", log_dir=tmp_path, data_dir=data_dir)
+    proc = run_train(*common, "hydra.sweeper.n_trials=3", log_dir=tmp_path, data_dir=data_dir)
+    assert "0 more to reach n_trials=3" in proc.stdout + proc.stderr
+
+    study = optuna.load_study(study_name="vit_lr_wd", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    jobs = sorted(p.name for p in (tmp_path / "search").iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == ["0", "1", "2"]  # the third trial in a new directory
+    lrs = {float(overrides_of(tmp_path / "search" / j)["optimizer.lr"]) for j in jobs}
+    assert len(lrs) == 3  # three trials, three points: none ran twice
+
+
 def test_training_order_shards_partition_the_epoch_across_processes():
     """Under DDP each process draws a disjoint, equal share of the one seeded epoch order (with its
     augmentation seeds); Lightning keeps the sampler since it is a DistributedSampler."""
