@@ -123,6 +123,9 @@ def _type_name(value: Any) -> str | None:
 # settings whose default is a number or flag but which also take words (Lightning's devices="auto",
 # deterministic="warn"; model.compile=<backend>): left to their own checks
 TYPE_CHECK_EXEMPT = ("trainer.devices", "trainer.deterministic", "trainer.precision", "model.compile")
+# settings a count or a fraction (limit_*_batches): their rule in LIGHTNING_RULES decides, not the
+# type of the default (a debug run's count must not refuse eval.py's trainer.limit_test_batches=1.0)
+EITHER_TYPE = tuple(key for key, (rule, _) in LIGHTNING_RULES.items() if rule is _fraction_or_count)
 ALLOWED_FOR = {"bool": ("bool",), "int": ("int",), "float": ("float", "int")}
 TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number"}
 
@@ -146,10 +149,11 @@ def check_types(cfg: DictConfig, reference: DictConfig) -> None:
         if isinstance(ref, (DictConfig, ListConfig)):
             return
         expected = _type_name(ref)
-        if expected is None or node is None or prefix[:-1] in TYPE_CHECK_EXEMPT:
+        key = prefix[:-1]
+        if expected is None or node is None or key in TYPE_CHECK_EXEMPT or key in EITHER_TYPE:
             return
         if _type_name(node) not in ALLOWED_FOR[expected]:
-            _fail(prefix[:-1], node, TYPE_WORDS[expected])
+            _fail(key, node, TYPE_WORDS[expected])
 
     walk(cfg, reference, "")
 

@@ -103,11 +103,18 @@ def test_wrapped_user_error_is_found_and_exits_with_its_code():
         ("test", False, True),
         ("trainer.devices", "auto", True),  # Lightning's own words are allowed where it takes them
         ("label", 7, True),  # strings take anything
+        # a count where a debug run set one, a fraction asked for (eval.py's "whole split"): its rule decides
+        ("trainer.limit_test_batches", 1.0, True),
     ],
 )
 def test_type_check_against_the_default_config(key, value, ok):
     reference = OmegaConf.create(
-        {"trainer": {"max_epochs": 10, "devices": 1}, "optimizer": {"lr": 3e-4}, "test": True, "label": None}
+        {
+            "trainer": {"max_epochs": 10, "devices": 1, "limit_test_batches": 2},
+            "optimizer": {"lr": 3e-4},
+            "test": True,
+            "label": None,
+        }
     )
     cfg = OmegaConf.merge(reference, OmegaConf.from_dotlist([f"{key}={value}"]))
     if ok:
