@@ -80,8 +80,9 @@ def config_keys(config: dict[str, Any], summary: dict[str, Any] | None = None) -
       comparisons pair groups of one setting (same budget, data, lr, ...).
     """
     flat = flatten(config)
-    if flat:  # a run from before budgets had a name ran the default budget: one configuration with its seeds
-        flat.setdefault("budget", "full")
+    if flat:  # one name for the budget, whichever form the run's config holds (budget_name)
+        flat.pop("budget.name", None)
+        flat["budget"] = budget_name(config)
     if not flat:  # no config file: the overrides without the seed say what the run was
         overrides = [
             o for o in (summary or {}).get("overrides", []) if is_configuration(o.split("=", 1)[0].lstrip("+~"))
@@ -147,6 +148,7 @@ def describe_run(run: Path) -> dict[str, Any]:
         "lr": effective_lr(config),
         "train_subset": _get(config, "data.train_subset"),
         "limit_train_batches": _get(config, "trainer.limit_train_batches"),
+        "precision": (summary or {}).get("precision") or _get(config, "trainer.precision"),
         "monitor": _get(config, "monitor.metric"),
         "monitor_mode": _get(config, "monitor.mode"),
         **config_keys(config, summary),

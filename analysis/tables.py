@@ -107,6 +107,9 @@ def _note(run: pd.Series, study: pd.Series | None) -> str:
     subset = run.get("train_subset")
     if pd.notna(subset) and subset:
         notes.append(f"data.train_subset={int(subset)} training examples")
+    precision = run.get("precision")
+    if isinstance(precision, (str, int)) and str(precision) not in ("", "nan"):
+        notes.append(f"precision {precision}")  # the study trained in fp32 (32-true)
     limit = run.get("limit_train_batches")
     if pd.notna(limit) and limit not in (1, 1.0):
         notes.append(f"trainer.limit_train_batches={limit}")

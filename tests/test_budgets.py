@@ -179,3 +179,26 @@ def test_report_separates_budgets_and_places_full_scale_rows_in_the_envelope(tmp
     assert "Envelope" not in cpu and "SamuelA-L/IFT6135-HW2 0.6443" in full and "above [0.6173, 0.6443]" in full
     figures = sorted(p.name for p in (tmp_path / "report").glob("figure*.png"))
     assert "figure3_cpu.png" in figures and "figure3_full.png" in figures
+
+
+def test_both_forms_of_a_runs_budget_are_one_configuration():
+    """A run recorded with the early ``budget: {name: cpu}`` and one with ``budget: cpu`` are seeds
+    of one configuration (the report pairs them), and neither joins ``full``."""
+    from analysis.runs import config_keys
+
+    config = {"task": "vit", "model": {"num_layers": 2}, "optimizer": {"lr": 3e-4}}
+    early = config_keys({**config, "budget": {"name": "cpu"}, "seed": 1})
+    now = config_keys({**config, "budget": "cpu", "seed": 2})
+    full = config_keys({**config, "seed": 3})
+    assert early["group"] == now["group"] != full["group"]
+
+
+def test_a_table_row_says_under_which_precision_it_ran():
+    """The study trained in fp32; a row run under bf16 autocast (the CPU default) says so."""
+    import pandas as pd
+
+    from analysis.tables import _note
+
+    assert "precision bf16-mixed" in _note(pd.Series({"precision": "bf16-mixed"}), None)
+    assert "precision 32-true" in _note(pd.Series({"precision": "32-true"}), None)
+    assert "precision" not in _note(pd.Series({"precision": float("nan")}), None)  # unknown: nothing said
