@@ -190,6 +190,16 @@ def seeded_logs(tmp_path_factory, data_dir) -> Path:
     return logs
 
 
+def _link_checkpoints(src: str, dst: str) -> None:
+    """Checkpoints (an LSTM's are hundreds of MB) are hard-linked, other files copied. A checkpoint is
+    never written in place (Lightning saves to a temporary file and renames it over the old one), so
+    a fence that resumes a seeded run replaces its link and the seed stays as trained."""
+    if src.endswith(".ckpt"):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
 def workspace(tmp_path: Path, seeded: Path, data_dir: Path) -> tuple[Path, dict]:
     """A folder that looks like the repository (its entries linked) with its own logs/ (the seeded
     runs copied), a HOME whose datasets/ is the data, and the environment the fence runs in."""
@@ -199,7 +209,7 @@ def workspace(tmp_path: Path, seeded: Path, data_dir: Path) -> tuple[Path, dict]
         if entry.name not in {"logs", "report", ".git", "docs"}:
             (ws / entry.name).symlink_to(entry)
     shutil.copytree(ROOT / "docs", ws / "docs")  # a command may rewrite a committed report: a copy's
-    shutil.copytree(seeded, ws / "logs", symlinks=True)
+    shutil.copytree(seeded, ws / "logs", symlinks=True, copy_function=_link_checkpoints)
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "data").symlink_to(data_dir)  # ../shared/data, as beside the repository
     home = tmp_path / "home"
@@ -285,3 +295,17 @@ def test_eval_accepts_a_str_run_directory(tmp_path):
 
     with pytest.raises((UserError, FileNotFoundError)):
         evaluate_run(str(tmp_path / "no-such-run"))
+
+
+def test_a_linked_checkpoint_saved_over_keeps_the_seed(tmp_path):
+    """The workspaces hard-link the seeded checkpoints: Lightning's save replaces the link (a new
+    file renamed over it), so the seeded file keeps its bytes."""
+    from lightning_fabric.utilities.cloud_io import _atomic_save
+
+    seed, copy = tmp_path / "seed.ckpt", tmp_path / "copy.ckpt"
+    _atomic_save({"step": 1}, seed)
+    before = seed.read_bytes()
+    _link_checkpoints(str(seed), str(copy))
+    assert copy.stat().st_ino == seed.stat().st_ino
+    _atomic_save({"step": 2, "more": list(range(100))}, copy)
+    assert seed.read_bytes() == before and copy.read_bytes() != before
