@@ -28,6 +28,7 @@ from lightning_modules.callbacks import RunSummary
 from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
 from lightning_modules.callbacks.stop import StopCheckpoint
 from lightning_modules.callbacks.timing import usable_cpus
+from lightning_modules.optim import optimizer_kernel
 from lmvit.cli import ErrorPolicy, allow_null_groups, quiet_libraries, refuse_unknown_choices
 from lmvit.config import print_config, reference_config, run_hparams, validate
 from lmvit.distributed import check_ddp_launch
@@ -51,7 +52,7 @@ def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]  # ~logger: none
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     check_ddp_launch(trainer)
-    log.info(speed_setting(cfg, summary))
+    log.info(speed_setting(cfg, summary, optimizer_kernel(model.optimizer_factory, trainer.strategy.root_device.type)))
     stop = next((c for c in callbacks if isinstance(c, StopCheckpoint)), None)
     if stop is not None:  # what a run stopped by SIGTERM / Ctrl-C prints to continue
         stop.resume_hint = resume_command(cfg)
@@ -85,8 +86,9 @@ def hparam_metrics(summary: dict) -> dict[str, float]:
     return {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, float)}
 
 
-def speed_setting(cfg: DictConfig, summary: RunSummary) -> str:
-    """One line: the precision and compile mode this run uses, and why; recorded in metrics.json."""
+def speed_setting(cfg: DictConfig, summary: RunSummary, kernel: str) -> str:
+    """One line: the precision, compile mode and optimizer kernel this run uses, and why; recorded
+    in metrics.json."""
     import torch
 
     precision = str(cfg.trainer.precision)
@@ -94,8 +96,9 @@ def speed_setting(cfg: DictConfig, summary: RunSummary) -> str:
     compile_mode = (cfg.model.get("compile_mode") or "default") if cfg.model.get("compile") else "off"
     summary.record("precision", precision)
     summary.record("compile", compile_mode)
+    summary.record("optimizer_kernel", kernel)
     reason = why if precision == auto else "trainer.precision as set"
-    return f"Precision {precision} ({reason}); compile {compile_mode}"
+    return f"Precision {precision} ({reason}); compile {compile_mode}; optimizer kernel {kernel}"
 
 
 def fit_workers_to_jobs(cfg: DictConfig, hydra_cfg) -> None:

@@ -2,6 +2,7 @@
 
     python bench/cpu_step.py                 # ViT (Table 2 config 2) and LSTM (Table 1 config 1)
     python bench/cpu_step.py --case vit --repeats 7 --compile   # + torch.compile (inductor; minutes to build)
+    python bench/cpu_step.py --case vit --optimizer-impl         # + AdamW's foreach and fused kernels
 
 One plain PyTorch step (forward, backward, AdamW) of the study's nets on real batches, each variant
 with its own copy of the net and optimizer, alternated ABBA in one process (bench/common.py). Per
@@ -84,23 +85,34 @@ def main() -> None:
     p.add_argument("--case", choices=["vit", "lstm", "both"], default="both")
     p.add_argument("--steps", type=int, default=3, help="steps per measurement")
     p.add_argument("--compile", action="store_true", help="also torch.compile (inductor), fp32 and bf16")
+    p.add_argument(
+        "--optimizer-impl",
+        action="store_true",
+        help="also bf16 with AdamW's foreach and fused implementations (the CPU default is a loop over tensors)",
+    )
     args = common.parse(p)
     peak = peak_flops()
     for case in ["vit", "lstm"] if args.case == "both" else [args.case]:
         make, loss, data = (vit_case if case == "vit" else lstm_case)(args.steps)
-        variants = {"fp32": ("explicit", False, False), "bf16": ("explicit", True, False)}
+        # name: (attention, bf16, compiled, optimizer keywords)
+        variants = {"fp32": ("explicit", False, False, {}), "bf16": ("explicit", True, False, {})}
         if case == "vit":
-            variants |= {"fp32_sdpa": ("sdpa", False, False), "bf16_sdpa": ("sdpa", True, False)}
+            variants |= {"fp32_sdpa": ("sdpa", False, False, {}), "bf16_sdpa": ("sdpa", True, False, {})}
         if args.compile:  # one factor at a time, then combined
-            variants |= {"fp32_compiled": ("explicit", False, True), "bf16_compiled": ("explicit", True, True)}
+            variants |= {"fp32_compiled": ("explicit", False, True, {}), "bf16_compiled": ("explicit", True, True, {})}
+        if args.optimizer_impl:
+            variants |= {
+                "bf16_foreach": ("explicit", True, False, {"foreach": True}),
+                "bf16_fused": ("explicit", True, False, {"fused": True}),
+            }
         nets, steps = {}, {}
-        for name, (attention, bf16, compiled) in variants.items():
+        for name, (attention, bf16, compiled, impl) in variants.items():
             net, cfg = make(attention)
             if name != "fp32":
                 net.load_state_dict(nets["fp32"].state_dict())
             net.train()
             nets[name] = net
-            opt = instantiate(cfg.optimizer)(net.parameters())
+            opt = instantiate(cfg.optimizer)(net.parameters(), **impl)
             run = torch.compile(net) if compiled else net
             fns = [step_fn(run, opt, loss, b, bf16) for b in data]
             steps[name] = fns

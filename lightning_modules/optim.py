@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -161,11 +162,46 @@ def build_optimizer(
                 raise ValueError("optimizer.lr_scale is set but optimizer.lr is not")
             keywords["lr"] = keywords["lr"] * scale
         target = factory.func
+        if optimizer_kernel(factory, next(net.parameters()).device.type) == "fused":
+            keywords["fused"] = True
         factory = functools.partial(target, *factory.args, **keywords)
     else:
         target = factory
     split = bool(getattr(target, "split_hidden_matrices", False))
     return factory(param_groups(net, no_weight_decay, split))
+
+
+def optimizer_kernel(factory: Callable[..., torch.optim.Optimizer], device: str) -> str:
+    """How the optimizer's step runs: ``fused`` (one kernel over all tensors), ``foreach`` (batched
+    tensor ops) or ``default`` (torch's own choice: foreach on CUDA, a loop over tensors on the CPU).
+
+    On the CPU an optimizer with a fused kernel (Adam, AdamW, SGD, Adagrad) uses it unless
+    ``optimizer.fused`` or ``optimizer.foreach`` is set: the loop over the ViT's tensors costs more
+    than the rest of its bf16 step's optimizer work (BENCHMARKS.md, bench/cpu_step.py
+    --optimizer-impl). The update is the same; CUDA keeps torch's choice.
+    """
+    if not isinstance(factory, functools.partial):  # a callable of its own: it decides
+        return "default"
+    target, keywords = factory.func, factory.keywords
+    if keywords.get("fused") is not None:
+        return "fused" if keywords["fused"] else "default"
+    if keywords.get("foreach") is not None:
+        return "foreach" if keywords["foreach"] else "default"
+    try:
+        takes_fused = "fused" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        takes_fused = False
+    return "fused" if device == "cpu" and takes_fused else "default"
+
+
+def kernel_in_use(optimizer: torch.optim.Optimizer) -> str:
+    """The kernel an optimizer's step runs (its groups' flags; :func:`optimizer_kernel`'s names)."""
+    groups = optimizer.param_groups
+    if all(g.get("fused") for g in groups):
+        return "fused"
+    if all(g.get("foreach") for g in groups):
+        return "foreach"
+    return "default"
 
 
 class MuonAdamW(torch.optim.Optimizer):

@@ -114,6 +114,8 @@ def discard_refused_run(output_dir: Path, started: float) -> bool:
 QUIET_WARNINGS = (
     # Lightning 2.6's pytree helper on torch >= 2.9 (FutureWarning, once per loader)
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # the model summary under bf16 autocast (the CPU default): it counts the fp32 weights anyway
+    r"Precision bf16-mixed is not supported by the model summary",
 )
 # log lines of Lightning's rank-zero logger: adverts for a logging service / model registry, and the
 # accelerators this machine does not have (the GPU line stays)

@@ -184,7 +184,16 @@ def trained(tmp_path_factory, data_dir, cache) -> dict:
 @pytest.mark.slow
 def test_a_short_run_prints_progress_the_run_and_results_only(trained):
     out = trained["output"]
-    for noise in ("worker processes in total", "LeafSpec", "Tip:", "multiple `ModelCheckpoint`", "it/s", "├──"):
+    noises = (
+        "worker processes in total",
+        "LeafSpec",
+        "Tip:",
+        "multiple `ModelCheckpoint`",
+        "it/s",
+        "├──",
+        "model summary",
+    )
+    for noise in noises:
         assert noise not in out
     run = trained["runs"]["vit"]
     assert f"Run directory: {run}" in out and f"Config: {run / 'config.yaml'}" in out

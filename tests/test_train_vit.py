@@ -3,10 +3,12 @@
 import math
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from lightning_modules.vit_classifier import ViTClassifier
+from lmvit.hardware import auto_precision
 from tests.helpers import ROOT, find_runs, load_metrics, run_train
 
 
@@ -54,6 +56,11 @@ def test_fast_run_writes_events_checkpoints_and_metrics(tmp_path, data_dir):
         assert math.isfinite(metrics["final"][key]), key
     assert set(metrics["test"]) == {"test/loss", "test/acc"}
     assert metrics["train_seconds"] > 0 and metrics["peak_rss_mb"] > 0
+    # the CPU setting it ran under (tests/test_cpu_setting.py): the auto precision, eager, fused AdamW
+    assert metrics["precision"] == auto_precision("auto", torch.cuda.is_available())[0]
+    assert metrics["compile"] == "off" and metrics["optimizer_kernel"] == "fused"
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert all(g["fused"] for g in saved["optimizer_states"][0]["param_groups"])
     assert metrics["best"]["val/acc"] == max(r["val/acc"] for r in metrics["history"])
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "last.ckpt").is_file()

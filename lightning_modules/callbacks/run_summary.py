@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_modules.callbacks.stop import is_stop
 from lightning_modules.callbacks.timing import load_1m, machine_state
+from lightning_modules.optim import kernel_in_use
 from lmvit.errors import DivergenceError
 from lmvit.io import atomic_write_json
 
@@ -172,6 +173,11 @@ class RunSummary(pl.Callback):
             self.history[:] = [rows[e] for e in sorted(rows)]
             self._restored_history = None
             self._refresh()
+        if trainer.optimizers:  # what the optimizer runs: a resumed run keeps its checkpoint's kernel
+            kernel = kernel_in_use(trainer.optimizers[0])
+            if self.summary.get("optimizer_kernel") not in (None, kernel):
+                log.info("Optimizer kernel %s, as this run started (its checkpoint's setting)", kernel)
+            self.record("optimizer_kernel", kernel)
 
     def record(self, key: str, value: Any) -> None:
         """Add (or replace) a top-level entry of ``metrics.json``, written with the next write; for
