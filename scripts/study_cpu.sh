@@ -19,3 +19,7 @@ T2=table2_2_adamw,table2_6_adamw_6l,table2_7_adamw_6l_post,table2_1_adam,table2_
 # 3. Table 1 on the offline split (no WikiText-2 train split here), 3 epochs x 3 seeds
 "$PY" train.py -m 'experiment=glob(table1_*)' seed=1,2,3 budget=cpu data=wikitext2_offline "${QUIET[@]}" \
   hydra.sweep.dir="$DIR/table1"
+# 4. Optimizers, tuned equally (docs/optimizer-tuning.md): search, confirm with seeds 1-3, AdamW's
+#    speed-up runs; about 12 h for the ViT and 13 h for the LSTM; resumable like the sweeps above
+"$PY" -m analysis.tuning run vit --log-dir "$DIR" "${QUIET[@]}"
+"$PY" -m analysis.tuning run lstm --log-dir "$DIR" "${QUIET[@]}"
