@@ -52,7 +52,10 @@ def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]  # ~logger: none
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     check_ddp_launch(trainer)
-    log.info(speed_setting(cfg, summary, optimizer_kernel(model.optimizer_factory, trainer.strategy.root_device.type)))
+    kernel = optimizer_kernel(
+        model.optimizer_factory, trainer.strategy.root_device.type, bool(trainer.gradient_clip_val)
+    )
+    log.info(speed_setting(cfg, summary, kernel))
     stop = next((c for c in callbacks if isinstance(c, StopCheckpoint)), None)
     if stop is not None:  # what a run stopped by SIGTERM / Ctrl-C prints to continue
         stop.resume_hint = resume_command(cfg)

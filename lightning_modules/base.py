@@ -205,7 +205,8 @@ class StudyModule(Checked, pl.LightningModule):
                 f"{type(self).__name__} has no optimizer: it was loaded for evaluation. Pass one to "
                 "train it, e.g. load_from_checkpoint(path, optimizer=functools.partial(torch.optim.AdamW, lr=3e-4))."
             )
-        optimizer = build_optimizer(self.optimizer_factory, self.net, self.no_weight_decay)
+        clips = bool(self._trainer is not None and self.trainer.gradient_clip_val)
+        optimizer = build_optimizer(self.optimizer_factory, self.net, self.no_weight_decay, clips)
         grouped = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in grouped]
         if missing:  # a parameter outside self.net would silently never train

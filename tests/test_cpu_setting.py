@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lightning_modules.optim import build_optimizer, kernel_in_use, optimizer_kernel
+from lmvit.errors import ConfigError
 from lmvit.hardware import BF16_FLAGS, auto_precision, bf16_capable, cpuinfo, peak_flops
 
 
@@ -67,6 +68,16 @@ def adamw(**keywords):
 )
 def test_optimizer_kernel(factory, device, kernel):
     assert optimizer_kernel(factory, device) == kernel
+
+
+def test_clipped_gradients_keep_the_loop():
+    """Lightning refuses to clip a fused optimizer's gradients: with trainer.gradient_clip_val the
+    default stays torch's loop, and an explicit optimizer.fused=true is refused in one line."""
+    assert optimizer_kernel(adamw(), "cpu", clips_gradients=True) == "default"
+    net = torch.nn.Linear(4, 2)
+    assert kernel_in_use(build_optimizer(adamw(), net, clips_gradients=True)) == "default"
+    with pytest.raises(ConfigError, match="optimizer.fused=true with trainer.gradient_clip_val"):
+        optimizer_kernel(adamw(fused=True), "cpu", clips_gradients=True)
 
 
 def test_the_fused_cpu_step_is_the_loop_step():
