@@ -149,6 +149,7 @@ def describe_run(run: Path) -> dict[str, Any]:
         "train_subset": _get(config, "data.train_subset"),
         "limit_train_batches": _get(config, "trainer.limit_train_batches"),
         "precision": (summary or {}).get("precision") or _get(config, "trainer.precision"),
+        "optimizer_kernel": (summary or {}).get("optimizer_kernel"),  # absent before it was recorded
         "monitor": _get(config, "monitor.metric"),
         "monitor_mode": _get(config, "monitor.mode"),
         **config_keys(config, summary),

@@ -122,6 +122,20 @@ def _note(run: pd.Series, study: pd.Series | None) -> str:
     return "; ".join(notes)
 
 
+def kernel_note(members: pd.DataFrame) -> str:
+    """Which of a configuration's runs stepped the optimizer with a fused kernel (the CPU default
+    since the records say ``optimizer_kernel``; runs recorded before it used torch's loop), said only
+    where one did: the update is the same, the time per step differs."""
+    if "optimizer_kernel" not in members.columns:
+        return ""
+    fused = members["optimizer_kernel"] == "fused"
+    if not fused.any():
+        return ""
+    if fused.all():
+        return "fused optimizer kernel"
+    return f"fused optimizer kernel for seed(s) {seeds(members[fused])}, torch's loop for {seeds(members[~fused])}"
+
+
 # per metric column of a table, beside the mean: its spread over the configuration's seeds
 SPREAD_SUFFIXES = (" (std)", " (n)", " (ci95 low)", " (ci95 high)")
 STUDY_SUFFIXES = (" (study)", " (diff)", " (ref2)")
@@ -203,7 +217,7 @@ def _study_table(
             row.update(_spread(members, key, column))
         row["n"] = len(members)
         row["Seeds"] = seeds(members)
-        row["Note"] = _note(first, _study_row(first["study_config"]))
+        row["Note"] = "; ".join(n for n in (_note(first, _study_row(first["study_config"])), kernel_note(members)) if n)
         row["Run"] = "; ".join(members["run"])
         rows.append(row)
     if not rows:

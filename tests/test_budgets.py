@@ -202,3 +202,17 @@ def test_a_table_row_says_under_which_precision_it_ran():
     assert "precision bf16-mixed" in _note(pd.Series({"precision": "bf16-mixed"}), None)
     assert "precision 32-true" in _note(pd.Series({"precision": "32-true"}), None)
     assert "precision" not in _note(pd.Series({"precision": float("nan")}), None)  # unknown: nothing said
+
+
+def test_a_row_says_which_seeds_stepped_a_fused_optimizer():
+    """The fused kernel became the CPU default during the CPU study: a row mixing kernels says so
+    (its time column mixes two step speeds), a row of older records says nothing."""
+    import pandas as pd
+
+    from analysis.tables import kernel_note
+
+    mixed = pd.DataFrame({"seed": [1, 2, 3], "optimizer_kernel": [None, "default", "fused"]})
+    assert kernel_note(mixed) == "fused optimizer kernel for seed(s) 3, torch's loop for 1, 2"
+    assert kernel_note(mixed.assign(optimizer_kernel="fused")) == "fused optimizer kernel"
+    assert kernel_note(mixed.assign(optimizer_kernel=None)) == ""
+    assert kernel_note(pd.DataFrame({"seed": [1]})) == ""
