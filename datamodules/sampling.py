@@ -123,9 +123,11 @@ WORKER_START = "fork" if sys.platform.startswith("linux") else "spawn"  # how lo
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """A loader worker ignores SIGINT and SIGTERM: the training process decides when it stops."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A loader worker ignores SIGINT, SIGTERM and SLURM's requeue signal (USR1): the training
+    process decides when it stops."""
+    for stop in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):  # no USR1 on Windows
+        if stop is not None:
+            signal.signal(stop, signal.SIG_IGN)
 
 
 def make_loader(

@@ -108,6 +108,7 @@ class KillAtStep(pl.Callback):
     sweep can be killed in one job and rerun with the very same overrides; ``seed`` is the job's
     (``+callbacks.kill.seed=${seed}``). ``sig="SIGTERM"`` sends SIGTERM to the whole process group
     instead, as a scheduler or a container stop does (the loader workers get it too).
+    ``sig="SIGUSR1"`` sends SLURM's requeue signal to the training process.
     ``validation_batch=k`` signals after validation batch ``k`` of the validation that follows step
     ``step`` instead (a stop in the middle of an epoch's validation)."""
 
@@ -137,7 +138,7 @@ class KillAtStep(pl.Callback):
             self._signal()
 
     def _signal(self) -> None:
-        if self.sig == "SIGKILL":
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.sig in ("SIGKILL", "SIGUSR1"):  # a dying node; SLURM's requeue signal to the task
+            os.kill(os.getpid(), getattr(signal, self.sig))
         else:
             os.killpg(os.getpgrp(), getattr(signal, self.sig))

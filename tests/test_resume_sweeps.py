@@ -8,11 +8,15 @@
 - A sweep SIGKILLed in its second job, rerun with the same command and ``hydra.sweep.dir``: the
   completed job is untouched, the killed one resumes, every number equals an uninterrupted sweep's.
 - A rerun with other overrides is refused with one line.
+- On SLURM, the requeue signal (USR1) at a step: a checkpoint there, ``scontrol requeue`` of the
+  job's array task, exit 138; the requeued job (the same command in the same environment) resumes
+  and ends with the numbers of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -105,12 +109,14 @@ def test_a_run_stopped_during_validation_validates_that_epoch_again_when_resumed
     assert_times_summed(resumed, pieces=2)
 
 
-def sweep(tmp_path, sweep_dir, *extra, kill: str | None = None, data_dir=None) -> subprocess.CompletedProcess:
+def sweep(
+    tmp_path, sweep_dir, *extra, kill: str | None = None, data_dir=None, seeds="1,2", env: dict | None = None
+) -> subprocess.CompletedProcess:
     args = [
         sys.executable,
         str(ROOT / "train.py"),
         "-m",
-        "seed=1,2",
+        f"seed={seeds}",
         *SMALL,
         *EVERY,
         "data.num_workers=0",
@@ -120,7 +126,7 @@ def sweep(tmp_path, sweep_dir, *extra, kill: str | None = None, data_dir=None) -
         f"paths.log_dir={tmp_path}",
         f"data.data_dir={data_dir}",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "LMVIT_KILL_AT"}
+    env = {**{k: v for k, v in os.environ.items() if k != "LMVIT_KILL_AT"}, **(env or {})}
     if kill:
         env["LMVIT_KILL_AT"] = kill
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
@@ -159,3 +165,51 @@ def test_a_killed_sweep_rerun_finishes_with_the_numbers_of_an_uninterrupted_one(
     error = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "holds a sweep of other settings" in error[0] and "model.dropout=0.2" in error[0]
     assert jobs(tmp_path / "b") == finished
+
+
+def test_slurm_requeue_signal_checkpoints_requeues_and_the_requeued_job_finishes_the_run(tmp_path, data_dir):
+    """SLURM as Lightning detects it (an array task of a submitit sweep), ``scontrol`` a stub that
+    records its arguments: the requeue signal stops the job with a checkpoint where it stands."""
+    assert sweep(tmp_path, tmp_path / "a", data_dir=data_dir, seeds="1").returncode == 0
+    (reference,) = find_runs(tmp_path / "a")
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "lmvit",
+        "SLURM_JOB_ID": "4243",
+        "SLURM_ARRAY_JOB_ID": "4242",
+        "SLURM_ARRAY_TASK_ID": "0",
+        "SLURM_NODELIST": "node1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+    }
+    requeue = ["+callbacks.kill.sig=SIGUSR1"]
+    stopped = sweep(tmp_path, tmp_path / "b", *requeue, kill=f"1:{STEP}", data_dir=data_dir, seeds="1", env=slurm)
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242_0"]
+    (run,) = find_runs(tmp_path / "b")
+    assert load_metrics(run)["status"] == "interrupted"
+    lines = [line for line in (stopped.stdout + stopped.stderr).splitlines() if "requeue signal at" in line]
+    assert len(lines) == 1 and "requeued SLURM job 4242_0" in lines[0]
+    import torch
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == STEP  # where it stood, not the step-16 periodic checkpoint
+    assert not list(run.glob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue checkpoint is not written
+
+    # the requeued job: the same command, the same environment, no signal this time
+    requeued = sweep(tmp_path, tmp_path / "b", *requeue, data_dir=data_dir, seeds="1", env=slurm)
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "Resuming" in requeued.stdout + requeued.stderr
+    finished = load_metrics(run)
+    assert finished["status"] == "completed"
+    assert comparable(finished) == comparable(load_metrics(reference))
+    assert_times_summed(finished, pieces=2)
+    assert calls.read_text().split() == ["requeue", "4242_0"]  # requeued once

@@ -239,7 +239,7 @@ def test_slurm_launcher_config_matches_lightning_ddp_and_requeue(tmp_path, monke
 
     flags = set(re.findall(r"^#SBATCH --(\S+)$", sbatch, flags=re.M))
     assert {"nodes=2", "ntasks-per-node=4", "gpus-per-node=4", "partition=gpu", "requeue"} <= flags
-    # Lightning (auto-detected SLURMEnvironment) checkpoints and requeues on this signal
+    # the run checkpoints and requeues on this signal (StopCheckpoint, through SLURMEnvironment)
     assert env.auto_requeue and env.requeue_signal == signal.SIGUSR1
     assert "signal=USR1@120" in flags
     assert "srun" in sbatch  # SLURM starts the processes: Lightning does not re-run the script

@@ -9,6 +9,14 @@ the same ``hydra.sweep.dir`` -- continues from that step. ``RunSummary`` marks t
 ``interrupted``; ``train.py`` exits with 128 + the signal's number. Loader workers ignore both
 signals (``datamodules.sampling``): the training process stops them.
 
+On SLURM (Lightning's ``SLURMEnvironment`` detected, ``auto_requeue`` on), the requeue signal that
+SLURM sends before the time limit (``USR1``: ``conf/hydra/launcher/slurm.yaml``) is a stop too: the
+run saves ``last.ckpt`` where it stands, marks itself ``interrupted``, runs ``scontrol requeue
+<job>`` and exits with 128 + the signal's number. The requeued job is the same sweep job in the same
+directory, which continues from that checkpoint like any rerun sweep. This handler takes the place
+of Lightning's own (``hpc_ckpt_<n>.ckpt`` in the run directory, which the run would not resume from
+with its times, and which Lightning would load instead of the trained weights for ``test``).
+
 A stop during an epoch's validation keeps that validation: Lightning stops at a validation batch
 boundary, and a checkpoint taken there would resume past it (its loop state reads "training done,
 validation done"), so the epoch's validation numbers would be missing from the run's history. The
@@ -19,7 +27,9 @@ no batch finished", which Lightning resumes by running that validation again, wh
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -41,6 +51,8 @@ class StopCheckpoint(pl.Callback):
         self.resume_hint = resume_hint  # the command that continues the run (set by train.py)
         self.signal: int | None = None  # the signal that stopped the run
         self._previous_sigint = None
+        self._previous_requeue: tuple[int, object] | None = None  # (signal, handler) before SLURM's was set
+        self.requeue = False  # stopped by SLURM's requeue signal: requeue the job after the checkpoint
         self._rewind_validation = False  # set while the stop checkpoint of a run inside validation is written
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -51,8 +63,18 @@ class StopCheckpoint(pl.Callback):
             log.warning("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
             trainer._signal_connector.received_sigterm = True
 
+        def on_requeue(signum, frame):
+            if self.signal is None:
+                self.signal, self.requeue = signum, True
+                log.warning("SLURM's requeue signal: stopping after this step, saving a checkpoint, requeueing")
+                trainer._signal_connector.received_sigterm = True
+
         try:
             self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
+            requeue_signal = slurm_requeue_signal(trainer)
+            # set before Lightning registers its handlers (after on_fit_start): it then keeps this one
+            if requeue_signal is not None:
+                self._previous_requeue = (requeue_signal, signal.signal(requeue_signal, on_requeue))
         except ValueError:  # not the main thread (e.g. a launcher's worker thread): Ctrl-C as Lightning does
             self._previous_sigint = None
 
@@ -60,6 +82,9 @@ class StopCheckpoint(pl.Callback):
         if self._previous_sigint is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
+        if self._previous_requeue is not None:
+            signal.signal(*self._previous_requeue)
+            self._previous_requeue = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not is_stop(exception):
@@ -72,7 +97,16 @@ class StopCheckpoint(pl.Callback):
             trainer.save_checkpoint(path)
         finally:
             self._rewind_validation = False
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.requeue:
+            job = requeue_slurm_job()
+            log.warning(
+                "Stopped by SLURM's requeue signal at epoch %d, step %d; checkpoint saved to %s; %s",
+                trainer.current_epoch,
+                trainer.global_step,
+                path,
+                f"requeued SLURM job {job}: it continues from there" if job else "scontrol requeue failed",
+            )
+        elif trainer.is_global_zero:
             hint = f"; continue with: {self.resume_hint}" if self.resume_hint else ""
             log.warning(
                 "Stopped by %s at epoch %d, step %d; checkpoint saved to %s%s",
@@ -90,6 +124,32 @@ class StopCheckpoint(pl.Callback):
     @property
     def exit_code(self) -> int:
         return 128 + int(self.signal or signal.SIGTERM)
+
+
+def slurm_requeue_signal(trainer) -> int | None:
+    """The signal SLURM requeues the run on, when Lightning runs it on SLURM with auto-requeue."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    environment = trainer._accelerator_connector.cluster_environment
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and os.name != "nt":
+        return environment.requeue_signal
+    return None
+
+
+def requeue_slurm_job() -> str | None:
+    """``scontrol requeue`` this SLURM job (an array task as ``<array>_<task>``); its id, or None
+    when scontrol failed (said in the log)."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.error("scontrol requeue %s: %s", job, error)
+        return None
+    if result.returncode != 0:
+        log.error("scontrol requeue %s exited with %d: %s", job, result.returncode, result.stderr.strip())
+        return None
+    return job
 
 
 def rewind_validation(checkpoint: dict) -> None:
