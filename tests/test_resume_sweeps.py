@@ -4,10 +4,14 @@
   included): a checkpoint where the run stands, ``interrupted``, one line with the resume command,
   exit 143; the resumed run equals an uninterrupted one, its times summed over its pieces.
 - Stopped in the middle of an epoch's validation: the resumed run validates that epoch again, whole.
+- Killed in an epoch's validation when its last checkpoint was taken at the epoch's last batch (every
+  N steps): the resumed run validates and ends that epoch (Lightning alone would skip both); killed
+  just after an epoch's end: the next epoch's training numbers are its own.
 - A finished run resumed with nothing to do changes nothing.
 - A sweep SIGKILLed in its second job, rerun with the same command and ``hydra.sweep.dir``: the
   completed job is untouched, the killed one resumes, every number equals an uninterrupted sweep's.
 - A rerun with other overrides is refused with one line.
+- The same on the joblib launcher, two jobs side by side, one SIGKILLed: the rerun finishes both.
 - On SLURM, the requeue signal (USR1) at a step: a checkpoint there, ``scontrol requeue`` of the
   job's array task, exit 138; the requeued job (the same command in the same environment) resumes
   and ends with the numbers of an uninterrupted run.
@@ -109,6 +113,52 @@ def test_a_run_stopped_during_validation_validates_that_epoch_again_when_resumed
     assert_times_summed(resumed, pieces=2)
 
 
+@pytest.fixture(scope="module")
+def every_4_steps(tmp_path_factory, data_dir):
+    """An uninterrupted run with a checkpoint every 4 steps (10 steps an epoch), and its settings."""
+    common = [*SMALL, *EVERY, "data.num_workers=0"]
+    log_dir = tmp_path_factory.mktemp("reference")
+    run_train(*common, log_dir=log_dir, data_dir=data_dir)
+    (reference,) = find_runs(log_dir)
+    return common, load_metrics(reference)
+
+
+@pytest.mark.parametrize(
+    "kill_at, validation_batch, checkpoint_step",
+    [
+        # killed in epoch 2's first step: last.ckpt is epoch 1's, taken at its validation's end
+        ("any:11", None, 10),
+        # killed in epoch 2's validation: last.ckpt is step 20's, taken at the epoch's last batch
+        ("any:20", 1, 20),
+    ],
+    ids=["epoch-end-checkpoint", "last-batch-checkpoint"],
+)
+def test_a_run_killed_at_an_epochs_end_resumes_with_that_epochs_numbers(
+    tmp_path, data_dir, every_4_steps, kill_at, validation_batch, checkpoint_step
+):
+    """Lightning alone resumes a checkpoint of an epoch's last batch past that epoch's validation and
+    end, and a checkpoint of an epoch's end with that epoch's training metrics still accumulating."""
+    common, reference = every_4_steps
+    args = [sys.executable, str(ROOT / "train.py"), *common, *KILL]
+    if validation_batch is not None:
+        args.append(f"+callbacks.kill.validation_batch={validation_batch}")
+    args += [f"paths.log_dir={tmp_path}", f"data.data_dir={data_dir}"]
+    env = {**os.environ, "LMVIT_KILL_AT": kill_at}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    (run,) = find_runs(tmp_path)
+    import torch
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == checkpoint_step
+
+    run_train(f"resume={run}", log_dir=tmp_path, data_dir=None)
+    resumed = load_metrics(run)
+    assert [row["step"] for row in resumed["history"]] == [10, 20, 30]
+    assert comparable(resumed) == comparable(reference)
+    assert_times_summed(resumed, pieces=2)
+
+
 def sweep(
     tmp_path, sweep_dir, *extra, kill: str | None = None, data_dir=None, seeds="1,2", env: dict | None = None
 ) -> subprocess.CompletedProcess:
@@ -165,6 +215,29 @@ def test_a_killed_sweep_rerun_finishes_with_the_numbers_of_an_uninterrupted_one(
     error = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "holds a sweep of other settings" in error[0] and "model.dropout=0.2" in error[0]
     assert jobs(tmp_path / "b") == finished
+
+
+def test_a_killed_joblib_sweep_rerun_finishes_both_jobs_with_the_uninterrupted_numbers(tmp_path, data_dir):
+    """Jobs side by side in joblib's worker processes: one worker SIGKILLed takes the sweep down
+    (joblib stops the other job too); the same command finishes both."""
+    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert sweep(tmp_path, tmp_path / "a", *joblib, data_dir=data_dir).returncode == 0
+    reference = jobs(tmp_path / "a")
+
+    killed = sweep(tmp_path, tmp_path / "b", *joblib, kill=f"2:{STEP}", data_dir=data_dir)
+    assert killed.returncode != 0
+    assert any(load_metrics(r)["status"] != "completed" for r in find_runs(tmp_path / "b"))
+
+    rerun = sweep(tmp_path, tmp_path / "b", *joblib, data_dir=data_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resuming" in rerun.stdout + rerun.stderr
+    finished = jobs(tmp_path / "b")
+    assert sorted(finished) == [1, 2] and all(m["status"] == "completed" for m in finished.values())
+    for seed in (1, 2):
+        assert comparable(finished[seed]) == comparable(reference[seed])
+    assert finished[2]["pieces"] == 2
+    summary = (tmp_path / "b" / "sweep_summary.json").read_text()
+    assert '"completed": 2' in summary and '"failed": []' in summary
 
 
 def test_slurm_requeue_signal_checkpoints_requeues_and_the_requeued_job_finishes_the_run(tmp_path, data_dir):

@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 
+from lightning_modules.callbacks.stop import at_epoch_end_before_validation, finish_epoch_before_validation
+
 
 class ResumeState(pl.Callback):
     """Makes a resumed run continue exactly where it stopped.
@@ -17,7 +19,10 @@ class ResumeState(pl.Callback):
     Saves in every checkpoint the RNG states (torch, CUDA, numpy, random) and, when the checkpoint
     is taken inside an epoch (its validation included), the states of the LightningModule's
     ``train_*`` torchmetrics (the accumulated loss and accuracy of the epoch so far), which
-    Lightning does not save itself.
+    Lightning does not save itself. A checkpoint taken at an epoch's last training batch (every N
+    steps) is made to resume with that epoch's validation and end, which Lightning would skip
+    (``finish_epoch_before_validation``). The training metrics are restored only where the run
+    resumes inside that epoch (``resumes_inside_epoch``).
     """
 
     KEY = "lmvit_resume_state"
@@ -35,6 +40,8 @@ class ResumeState(pl.Callback):
             for name, metric in _train_metrics(pl_module):
                 state["train_metrics"][name] = {k: _clone(getattr(metric, k)) for k in metric._defaults}
         checkpoint[self.KEY] = state
+        if at_epoch_end_before_validation(trainer):
+            finish_epoch_before_validation(checkpoint)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(self.KEY)
@@ -46,6 +53,8 @@ class ResumeState(pl.Callback):
         random.setstate(state["random"])
         if state["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+        if not resumes_inside_epoch(checkpoint):  # taken at validation end: the next epoch starts afresh
+            return
         metrics = dict(_train_metrics(pl_module))
         for name, values in state["train_metrics"].items():
             metric = metrics[name]
@@ -54,6 +63,25 @@ class ResumeState(pl.Callback):
                 setattr(metric, k, v.to(current.device) if isinstance(v, torch.Tensor) else v)
             metric._update_count = max(metric._update_count, 1)
             metric._computed = None
+
+
+def resumes_inside_epoch(checkpoint: dict[str, Any]) -> bool:
+    """Whether Lightning resumes this checkpoint inside the epoch it was taken in (its training, or
+    its validation begun again: ``rewind_validation``), so the epoch's training metrics go on
+    accumulating. A checkpoint taken at validation end (the epoch's last training batch done, its
+    validation finished) resumes with the next epoch, before which the epoch's end would have reset
+    them: restoring them there would mix two epochs into the next epoch's training numbers."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    train, val = loops.get("epoch_loop.batch_progress"), loops.get("epoch_loop.val_loop.batch_progress")
+    if train is None or val is None:
+        return True
+    counts = val["total"]  # Lightning's own test for an evaluation to resume (RESTARTED_MID_EVALUATION)
+    mid_validation = (
+        counts["started"] == counts["ready"]
+        and counts["processed"] == counts["started"] - 1
+        and counts["completed"] == counts["processed"]
+    )
+    return not train["is_last_batch"] or mid_validation
 
 
 def _numpy_state_to_torch(state: tuple) -> tuple:
