@@ -35,6 +35,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from lightning_modules.callbacks.resume import rewind_validation
+
 log = logging.getLogger(__name__)
 
 
@@ -150,49 +152,3 @@ def requeue_slurm_job() -> str | None:
         log.error("scontrol requeue %s exited with %d: %s", job, result.returncode, result.stderr.strip())
         return None
     return job
-
-
-def rewind_validation(checkpoint: dict, started: bool = True) -> None:
-    """Makes a checkpoint taken inside an epoch's validation resume by running that validation again.
-
-    Lightning resumes an evaluation it finds "started but not processed" (its own mark of a step that
-    died): the counters say one batch began and none finished in this validation, so the rerun starts
-    at batch 0 with fresh metric states, and the totals stay those of the validations before it.
-    ``started=False``: the checkpoint was taken before the validation began (its counters still hold
-    the previous validation's).
-    """
-    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
-    before = progress["total"]["completed"]  # the validations of this epoch before this one
-    if started:
-        before -= progress["current"]["completed"]
-    progress["total"] = {"ready": before + 1, "started": before + 1, "processed": before, "completed": before}
-    progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
-    progress["is_last_batch"] = False
-
-
-def at_epoch_end_before_validation(trainer) -> bool:
-    """Inside ``on_train_batch_end`` of an epoch's last batch, with the epoch's validation to follow
-    (a checkpoint every N steps that falls on an epoch's end)."""
-    if trainer.sanity_checking or not trainer.training:
-        return False
-    loop = trainer.fit_loop.epoch_loop
-    progress = loop.batch_progress.current
-    return (
-        progress.processed == progress.completed + 1  # the batch ran, its on_train_batch_end is under way
-        and loop._num_ready_batches_reached()
-        and loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
-    )
-
-
-def finish_epoch_before_validation(checkpoint: dict) -> None:
-    """Makes a checkpoint taken at the last training batch of an epoch resume with that epoch's
-    validation and its end, as a checkpoint taken in the validation does.
-
-    Lightning resumes such a checkpoint as "epoch done": it skips the epoch's validation, never runs
-    the epoch's end (its numbers missing from the history, its training metrics carried into the
-    next epoch's). Here the batch is marked completed (as it is once validation runs) and the
-    validation as begun with no batch finished, which Lightning resumes by running it, whole."""
-    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-    for counts in (progress["total"], progress["current"]):
-        counts["completed"] = counts["processed"]
-    rewind_validation(checkpoint, started=False)
