@@ -114,7 +114,9 @@ def trial_values(space: dict[str, Any], usual: dict[str, Any], u: np.ndarray) ->
 
 def usual_settings(workload: str, optimizer: str, space: dict[str, Any], extra: list[str] = ()) -> dict[str, Any]:
     """The optimizer's usual setting in ``workload``, composed as train.py composes it: optimizer.lr
-    (the model's), lr_scale, weight_decay, the cosine schedule's warm-up (None when unscheduled),
+    (the centre of the optimizer's learning-rate grid preset ``conf/experiment/<lr_grid>_<optimizer>.yaml``
+    where the workload names one and the preset exists: SGD's and momentum's, which the study ran at
+    Adam's lr; else the model's), lr_scale, weight_decay, the cosine schedule's warm-up (None when unscheduled),
     and the budget's epochs."""
     from hydra import compose, initialize_config_dir
 
@@ -127,8 +129,13 @@ def usual_settings(workload: str, optimizer: str, space: dict[str, Any], extra: 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     opt = cfg.optimizer
+    lr = float(opt.lr)
+    grid = workload_config(space, workload).get("lr_grid")
+    preset = CONF_DIR / "experiment" / f"{grid}_{optimizer}.yaml" if grid else None
+    if preset is not None and preset.exists():  # the grid's centre: this optimizer's usual lr on the model
+        lr = float(OmegaConf.load(preset).optimizer.lr)
     return {
-        "lr": float(opt.lr),
+        "lr": lr,
         "lr_scale": float(opt.get("lr_scale") or 1.0),
         "weight_decay": float(opt.get("weight_decay") or 0.0),
         "warmup_fraction": float(cfg.scheduler.warmup_fraction) if scheduled else None,

@@ -141,9 +141,11 @@ def test_same_sobol_point_for_every_optimizer():
 @pytest.mark.parametrize("workload,model", [("vit", "vit"), ("lstm", "lstm")])
 def test_space_centred_on_each_optimizers_usual_setting(workload, model):
     """The centre of every log range (u = 0.5) is the optimizer's usual lr (the model's lr x its
-    lr_scale, read from the conf files here) and its own weight decay."""
+    lr_scale, read from the conf files here; SGD's and momentum's: their learning-rate grid's
+    centre, 100x and 10x the model's) and its own weight decay."""
     space = tuning.load_space()
     model_lr = float(OmegaConf.load(ROOT / "conf" / "model" / f"{model}.yaml").optimizer.lr)
+    grid_factor = {"sgd": 100.0, "momentum": 10.0}  # conf/experiment/lrgrid_<model>_<name>.yaml's centres
     names = tuning.optimizer_names()
     assert sorted(names) == sorted(p.stem for p in (ROOT / "conf" / "optimizer").glob("*.yaml"))
     assert names[0] == "adamw"
@@ -152,7 +154,8 @@ def test_space_centred_on_each_optimizers_usual_setting(workload, model):
         parent = raw.get("defaults", [None])[0]  # momentum: sgd's file with momentum 0.9
         merged = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "optimizer" / f"{parent}.yaml"), raw) if parent else raw
         usual = tuning.usual_settings(workload, name, space)
-        assert rel(usual["lr"], model_lr) and rel(usual["lr_scale"], float(merged.get("lr_scale", 1.0)))
+        assert rel(usual["lr"], model_lr * grid_factor.get(name, 1.0))
+        assert rel(usual["lr_scale"], float(merged.get("lr_scale", 1.0)))
         assert rel(usual["weight_decay"] + 1, float(merged.weight_decay) + 1)
         centre = tuning.trial_values(space, usual, np.array([0.5, 0.5, 0.5]))
         assert rel(centre["lr"], usual["lr"], 1e-3)
