@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from datamodules import cifar10
-from datamodules.cifar10 import FOLDER, MEAN, STD, CIFAR10DataModule, load_batch
+from datamodules.cifar10 import FOLDER, MEAN, STD, CIFAR10DataModule, ImageTensorDataset, load_batch, train_transform
 from lmvit.errors import DatasetError
 
 
@@ -116,3 +116,21 @@ def test_md5_is_computed_once_per_file_version(tmp_path, monkeypatch):
     path.write_bytes(b"y" * 1001)
     assert cifar10.cached_md5(path) == hashlib.md5(b"y" * 1001).hexdigest()
     assert not [p for p in (tmp_path / "cache").rglob(".*")]  # no temporary files left
+
+
+@pytest.mark.parametrize("augment,erasing", [(None, 0.0), ("randaugment", 0.5)])
+def test_a_keyed_item_is_its_seeds_augmentation_and_leaves_the_global_rng(augment, erasing):
+    """An item keyed (index, seed) is the transform drawn after torch.manual_seed(seed), computed
+    here the plain way; the caller's random stream is untouched."""
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    transform = train_transform(augment, erasing)
+    dataset = ImageTensorDataset(images, torch.arange(4), transform)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    for index, seed in [(0, 7), (1, 2**31 + 5), (3, 7), (2, 0)]:
+        got, label = dataset[(index, seed)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            want = transform(images[index])
+        assert torch.equal(got, want) and label == index
+    assert torch.equal(torch.get_rng_state(), before)
