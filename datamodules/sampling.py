@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import atexit
 import signal
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -124,10 +126,25 @@ WORKER_START = "fork" if sys.platform.startswith("linux") else "spawn"  # how lo
 
 def ignore_stop_signals(worker_id: int) -> None:
     """A loader worker ignores SIGINT, SIGTERM and SLURM's requeue signal (USR1): the training
-    process decides when it stops."""
+    process decides when it stops (and :func:`stop_workers_at_exit` stops it when Python exits)."""
     for stop in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):  # no USR1 on Windows
         if stop is not None:
             signal.signal(stop, signal.SIG_IGN)
+
+
+_WITH_WORKERS: weakref.WeakSet[DataLoader] = weakref.WeakSet()  # loaders whose workers ignore SIGTERM
+
+
+@atexit.register  # registered after torch's and multiprocessing's own handlers, so it runs before them
+def stop_workers_at_exit() -> None:
+    """Stop the persistent workers of every loader still alive the way torch stops them (each is
+    sent its end-of-work message and joined). Without it, multiprocessing's exit handler would
+    SIGTERM these workers, which ignore it, and wait for them forever: a script or notebook that
+    still holds a loader it iterated would never exit."""
+    for loader in list(_WITH_WORKERS):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
 
 
 def make_loader(
@@ -158,7 +175,7 @@ def make_loader(
         **loader_kwargs,  # e.g. collate_fn
     )
     if not train:  # a private generator: creating iterators never consumes the global torch RNG
-        return DataLoader(dataset, shuffle=False, generator=torch.Generator().manual_seed(seed), **kwargs)
+        return _tracked(DataLoader(dataset, shuffle=False, generator=torch.Generator().manual_seed(seed), **kwargs))
 
     def current_epoch() -> int:
         trainer = trainer_getter() if trainer_getter is not None else None
@@ -173,4 +190,10 @@ def make_loader(
         num_replicas=getattr(trainer, "world_size", 1),
         rank=getattr(trainer, "global_rank", 0),
     )
-    return ResumableLoader(dataset, sampler=sampler, drop_last=True, **kwargs)
+    return _tracked(ResumableLoader(dataset, sampler=sampler, drop_last=True, **kwargs))
+
+
+def _tracked(loader: DataLoader) -> DataLoader:
+    if loader.num_workers > 0:
+        _WITH_WORKERS.add(loader)
+    return loader

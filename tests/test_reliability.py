@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -280,3 +282,19 @@ def test_deferred_divergence_check_still_guards_every_checkpoint(tmp_path):
     with pytest.raises(DivergenceError, match=r"train/loss is nan at step 7 \(epoch 0, batch 6\)"):
         trainer.fit(_NaNAtStep(bad_step=7), data)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step5.ckpt"]
+
+
+def test_a_script_holding_loaders_with_workers_exits(data_dir):
+    """Loader workers ignore SIGTERM (the training process decides when to stop); a script that
+    still holds the loaders it iterated must exit all the same, not wait for them forever."""
+    script = (
+        "import sys\n"
+        "from datamodules.cifar10 import CIFAR10DataModule\n"
+        f"dm = CIFAR10DataModule({str(data_dir)!r}, batch_size=32, num_workers=1, seed=0, train_subset=256)\n"
+        "dm.prepare_data(); dm.setup('fit')\n"
+        "train, val = dm.train_dataloader(), dm.val_dataloader()\n"
+        "batch, first = next(iter(train)), next(iter(val))\n"
+        "print('batches', len(batch[1]), len(first[1]), flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "batches 32 32" in proc.stdout, proc.stderr[-2000:]
