@@ -4,9 +4,19 @@ import shutil
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from datamodules import cifar10
-from datamodules.cifar10 import FOLDER, MEAN, STD, CIFAR10DataModule, ImageTensorDataset, load_batch, train_transform
+from datamodules.cifar10 import (
+    FOLDER,
+    MEAN,
+    STD,
+    CIFAR10DataModule,
+    ImageTensorDataset,
+    eval_transform,
+    load_batch,
+    train_transform,
+)
 from lmvit.errors import DatasetError
 
 
@@ -118,19 +128,26 @@ def test_md5_is_computed_once_per_file_version(tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "cache").rglob(".*")]  # no temporary files left
 
 
-@pytest.mark.parametrize("augment,erasing", [(None, 0.0), ("randaugment", 0.5)])
+@pytest.mark.parametrize(
+    "augment,erasing", [(None, 0.0), ("randaugment", 0.5), ("trivialaugment", 0.0), ("autoaugment", 0.25)]
+)
 def test_a_keyed_item_is_its_seeds_augmentation_and_leaves_the_global_rng(augment, erasing):
-    """An item keyed (index, seed) is the transform drawn after torch.manual_seed(seed), computed
-    here the plain way; the caller's random stream is untouched."""
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    """An item keyed (index, seed) is the image torchvision's own v2.Compose of the same transforms
+    draws after torch.manual_seed(seed), computed here the plain way; the caller's random stream is
+    untouched; the validation transform likewise."""
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     transform = train_transform(augment, erasing)
-    dataset = ImageTensorDataset(images, torch.arange(4), transform)
+    reference = v2.Compose(transform.transforms)
+    dataset = ImageTensorDataset(images, torch.arange(64), transform)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    for index, seed in [(0, 7), (1, 2**31 + 5), (3, 7), (2, 0)]:
+    for index in range(64):
+        seed = [7, 2**31 + 5, 0][index % 3] + index
         got, label = dataset[(index, seed)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            want = transform(images[index])
+            want = reference(images[index])
         assert torch.equal(got, want) and label == index
     assert torch.equal(torch.get_rng_state(), before)
+    evaluation = eval_transform()
+    assert torch.equal(evaluation(images[0]), v2.Compose(evaluation.transforms)(images[0]))
