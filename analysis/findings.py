@@ -10,7 +10,8 @@ shows each budget on its own. The rules (``docs/findings.md`` has them with a wo
 * **The test.** Both sides share >= 2 seeds (configurations run with one seed share its split,
   initialisation and data order): the paired t-test on the per-seed differences (t quantile with
   n - 1 degrees of freedom). Otherwise both sides have >= 2 runs: Welch's t-test. Otherwise (a side
-  with a single run): **not tested (n=1)**; no spread is assumed, borrowed or pooled.
+  with a single run): **not tested (n=1)**; no spread is assumed, borrowed or pooled. Perplexities
+  are tested on their logs (``analysis.stats.on_log_scale``): the difference is a log ratio A/B.
 * **Time and memory.** ``train_seconds`` is compared only between runs measured alone on one kind of
   device, ``peak_memory_mb`` only on one kind of device (``analysis/timing.py``); else not tested.
 * **The p-value** of a check is the two-sided p of the test at the claim's boundary (``b``: 0 for
@@ -21,7 +22,8 @@ shows each budget on its own. The rules (``docs/findings.md`` has them with a wo
   (With one check, this is: the 95% interval excludes ``b``.)
 
 Claims (``d``: the improvement A over B, oriented so that positive is what the study claims;
-``m``: a margin relative to side B's mean), each decided by its adjusted p:
+``m``: a margin relative to side B's mean; on the log scale the log of the ratio ``1 + m``), each
+decided by its adjusted p:
 
 * ``better`` (accuracy up, loss/perplexity/time down) and ``larger``: supported when ``d`` is
   significantly above 0, contradicted when significantly below;
@@ -51,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.runs import completed
-from analysis.stats import compare, holm
+from analysis.stats import compare_metric, holm, on_log_scale
 from analysis.study import OPTIMIZER_NAMES, study_rows
 from analysis.timing import alone, time_refusal
 from lmvit.runs import read_metrics
@@ -367,13 +369,16 @@ def _compare(finding: Finding, check: Compare, groups: _Groups, budget: str) -> 
             lacking = " and ".join(c for c, v in ((check.a, va), (check.b, vb)) if not v)
             rows.append({**base, "verdict": "missing", "reason": f"no {what} in the runs of {lacking}"})
             continue
-        sides = compare(va, vb)
+        sides = compare_metric(check.metric, va, vb)
+        log = on_log_scale(check.metric)  # diff, interval and margin: log ratios A/B
+        margin = (math.log1p(check.margin_rel) if log else check.margin_rel * abs(sides.b.mean)) or 0.0
         numbers = {
             "mean A": sides.a.mean,
             "mean B": sides.b.mean,
             "std A": sides.a.std,
             "std B": sides.b.std,
-            "margin": check.margin_rel * abs(sides.b.mean) if check.margin_rel else math.nan,
+            "margin": margin if check.margin_rel else math.nan,
+            "scale": "log" if log else "linear",
         }
         refusal = time_refusal(check.metric, a, b, groups.why_not_alone)
         if refusal or sides.difference is None:
@@ -381,7 +386,7 @@ def _compare(finding: Finding, check: Compare, groups: _Groups, budget: str) -> 
             continue
         d = sides.difference
         sign = 1.0 if check.claim in ("larger", "similar") or higher_is_better(check.metric) else -1.0
-        p, if_significant, boundary = _decision(check.claim, d, sign, check.margin_rel * abs(sides.b.mean))
+        p, if_significant, boundary = _decision(check.claim, d, sign, margin)
         rows.append(
             {
                 **base,
@@ -576,18 +581,26 @@ def _numbers(row: pd.Series) -> str:
         return f"{s} {row[f'mean {s}']:.{d}f}{spread} (n={int(row[f'n {s}'])})"
 
     text = f"{side('A')} vs {side('B')}"
+    log = row.get("scale") == "log"
     if pd.notna(row.get("diff")):
         how = (
             f"paired t over seeds {row['paired seeds']}" if row["method"] == "paired t" else "Welch, independent sides"
         )
-        text += (
-            f": diff {row['diff']:+.{d}f}, 95% CI [{row['ci low']:+.{d}f}, {row['ci high']:+.{d}f}] ({how}; "
-            f"p {row['p']:.3g} at {row['boundary']:+.{d}g}, Holm-adjusted p {row['p adjusted']:.3g})"
-        )
+        if log:  # the test ran on the logs: the difference and its interval as ratios A/B
+            text += (
+                f": ratio A/B {math.exp(row['diff']):.4g}, 95% CI [{math.exp(row['ci low']):.4g}, "
+                f"{math.exp(row['ci high']):.4g}] ({how}, on the logs; p {row['p']:.3g} at ratio "
+                f"{math.exp(row['boundary']):.4g}, Holm-adjusted p {row['p adjusted']:.3g})"
+            )
+        else:
+            text += (
+                f": diff {row['diff']:+.{d}f}, 95% CI [{row['ci low']:+.{d}f}, {row['ci high']:+.{d}f}] ({how}; "
+                f"p {row['p']:.3g} at {row['boundary']:+.{d}g}, Holm-adjusted p {row['p adjusted']:.3g})"
+            )
     else:
         text += f": {row['reason']}"
     if pd.notna(row.get("margin")):
-        text += f"; margin {row['margin']:.{d}f}"
+        text += f"; margin: ratio {math.exp(row['margin']):.4g}" if log else f"; margin {row['margin']:.{d}f}"
     return text
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.findings import ALPHA, DEFAULT_BUDGET, describe_setting, seeds
-from analysis.stats import compare, holm, summarize
+from analysis.stats import compare_metric, holm, on_log_scale, summarize
 from analysis.study import STUDY_LR
 
 DEFAULT_MONITOR = {"vit": ("val/acc", "max"), "lstm": ("val/ppl", "min")}
@@ -205,7 +205,7 @@ def _rank(best: pd.DataFrame) -> pd.DataFrame:
             out = {"diff vs best": np.nan, "ci95 low vs best": np.nan, "ci95 high vs best": np.nan}
             out.update({"method vs best": "", "p vs best": np.nan, "vs best": "" if i else "best"})
             if i:
-                sides = compare(row["_values"], top)
+                sides = compare_metric(row["reported metric"], row["_values"], top)  # ppl: on the logs
                 d = sides.difference
                 if d is None:
                     out["vs best"] = sides.reason
@@ -259,7 +259,8 @@ def to_markdown(grids: LrGrids) -> str:
             "paired t over shared seeds, else Welch, else not tested (n=1); Holm-adjusted p.",
             "",
             "| Rank | Optimizer | Best lr | Reported at best lr [95% CI] | Failures at best lr | "
-            f"{metric} at best lr | vs the best: diff [95% CI] | at the study's lr | "
+            f"{metric} at best lr | vs the best: {'ratio' if on_log_scale(metric) else 'diff'} [95% CI] | "
+            "at the study's lr | "
             "Grid: lr (failed of runs) | Note |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
@@ -273,7 +274,10 @@ def to_markdown(grids: LrGrids) -> str:
                 row["vs best"]
                 if row["rank"] == 1 or pd.isna(row["diff vs best"])
                 else (
-                    f"{row['diff vs best']:+.{digits}f} [{row['ci95 low vs best']:+.{digits}f}, "
+                    f"ratio {math.exp(row['diff vs best']):.4g} [{math.exp(row['ci95 low vs best']):.4g}, "
+                    f"{math.exp(row['ci95 high vs best']):.4g}]: {row['vs best']}"
+                    if on_log_scale(row["reported metric"])
+                    else f"{row['diff vs best']:+.{digits}f} [{row['ci95 low vs best']:+.{digits}f}, "
                     f"{row['ci95 high vs best']:+.{digits}f}]: {row['vs best']}"
                 )
             )

@@ -127,6 +127,33 @@ class Sides:
     shared_seeds: tuple = ()
 
 
+def on_log_scale(metric: str) -> bool:
+    """Whether ``metric`` is compared on the log scale: a perplexity is the exponential of a mean
+    cross-entropy, and its seed-to-seed spread grows with its level (SGD's 11,708 +- 2,354 against
+    Adam's 344 +- 4), so two perplexities are compared as the difference of their logs, a log ratio
+    A/B (the difference of the cross-entropies). Every other metric as it is."""
+    return metric.rsplit("/", 1)[-1] == "ppl"
+
+
+def compare_metric(metric: str, a: dict, b: dict, level: float = LEVEL) -> Sides:
+    """:func:`compare` on ``metric``'s scale (:func:`on_log_scale`: the test and its interval on the
+    logs, the difference a log ratio A/B); the sides' summaries stay on the metric's own scale."""
+    if not on_log_scale(metric):
+        return compare(a, b, level)
+
+    def logs(values: dict) -> dict:
+        return {k: math.log(v) if math.isfinite(v) and v > 0 else math.nan for k, v in values.items()}
+
+    tested = compare(logs(a), logs(b), level)
+    return Sides(
+        summarize(a.values(), level),
+        summarize(b.values(), level),
+        tested.difference,
+        tested.reason,
+        tested.shared_seeds,
+    )
+
+
 def compare(a: dict, b: dict, level: float = LEVEL) -> Sides:
     """``a`` vs ``b``, each ``{seed: value}``: paired t over the shared seeds when there are >= 2
     of them, else Welch with >= 2 runs per side, else not tested (a side with a single run)."""

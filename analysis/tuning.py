@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from scipy import stats as sps
 from scipy.stats import qmc
 
+from analysis.stats import on_log_scale
 from lmvit.errors import ConfigError, UserError
 from lmvit.runs import effective_lr, find_run_dirs, read_config, read_metrics
 
@@ -571,8 +572,10 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
         tm, tl, th = t_interval(tuned.score.tolist())
         dm, dl, dh = t_interval(default.score.tolist())
         shared = sorted(set(tuned.seed) & set(default.seed))
+        scale = math.log if on_log_scale(monitor) else float  # perplexities: on the logs (analysis.stats)
         p = paired_p(
-            [tuned.set_index("seed").score[s] for s in shared], [default.set_index("seed").score[s] for s in shared]
+            [scale(tuned.set_index("seed").score[s]) for s in shared],
+            [scale(default.set_index("seed").score[s]) for s in shared],
         )
         runs = {r["seed"]: (r["steps"], r[metric]) for r in tuned.to_dict("records") if r["steps"]}
         sp = summarize_speedup(speedups({s: c for s, c in curve.items() if len(c) >= 2}, runs))
@@ -607,7 +610,7 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
     table.to_csv(out / f"tuning_{workload}.csv", index=False)
     lines.append(
         f"Final {monitor} ({mode} is better), tuned and at the usual setting, mean [{LEVEL:.0%} t interval] "
-        "over seeds; p: paired t over shared seeds, Holm-adjusted over the optimizers."
+        "over seeds; p: paired t over shared seeds (perplexities on the logs), Holm-adjusted over the optimizers."
     )
     lines.append("")
     lines.append("| optimizer | tuned | usual setting | p (Holm) | speed-up (steps) | wall-clock |")

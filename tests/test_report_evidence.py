@@ -720,3 +720,48 @@ def test_lr_grid_sweep_with_seeds_end_to_end(tmp_path, data_dir):
     text = (tmp_path / "report" / "README.md").read_text()
     assert "## Findings" in text and "## Optimizers at their best learning rate" in text
     assert "Budget seen: 2 epochs, 64 training examples" in text
+
+
+def test_perplexities_are_compared_on_the_log_scale(tmp_path):
+    """A perplexity's seed spread grows with its level: the check tests the logs (scipy's paired t
+    on log ppl), gives the difference as a ratio A/B, and a relative margin as a ratio."""
+    from analysis.findings import Compare, Finding
+    from analysis.findings import to_markdown as findings_markdown
+
+    finding = Finding(
+        "x",
+        "SGD's perplexity is worse, 4 layers no better than 2 by more than 1%",
+        "test",
+        (
+            Compare("vit", "val/ppl", "table2/1", "table2/3", "better"),
+            Compare("vit", "val/ppl", "table2/5", "table2/2", "not_better", 0.01),
+        ),
+    )
+    ppl = {  # the spread of SGD's seeds (thousands) swamps a 30x gap on the raw scale
+        "adam": [344.0, 349.0, 340.0],
+        "sgd": [9000.0, 14000.0, 12100.0],
+        "adamw": [345.0, 351.0, 339.0],
+        "l4": [344.0, 352.0, 338.5],
+    }
+    for seed in (1, 2, 3):
+        for name, opt, layers in (("adam", "adam", 2), ("sgd", "sgd", 2), ("adamw", "adamw", 2), ("l4", "adamw", 4)):
+            run = make_run(tmp_path, f"{name}{seed}", optimizer=opt, layers=layers, seed=seed)
+            metrics = json.loads((run / "metrics.json").read_text())
+            metrics["final"]["val/ppl"] = ppl[name][seed - 1]
+            (run / "metrics.json").write_text(json.dumps(metrics))
+    result = check_findings(load_runs(tmp_path), findings=(finding,))
+    rows = {r["check"][:8]: r for r in result.checks.to_dict("records")}
+    sgd, deeper = rows["table2/1"], rows["table2/5"]
+    ref = st.ttest_rel(np.log(ppl["adam"]), np.log(ppl["sgd"]))
+    ci = ref.confidence_interval(0.95)
+    assert sgd["scale"] == "log" and sgd["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (sgd["ci low"], sgd["ci high"]) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+    assert sgd["mean A"] == pytest.approx(np.mean(ppl["adam"])) and sgd["mean B"] == pytest.approx(np.mean(ppl["sgd"]))
+    assert st.ttest_rel(ppl["adam"], ppl["sgd"]).pvalue > 0.01  # the raw scale would be far weaker
+    margin = math.log(1.01)
+    shifted = st.ttest_1samp(np.log(ppl["adamw"]) - np.log(ppl["l4"]), margin)  # improvement = log(B / A)
+    assert deeper["margin"] == pytest.approx(margin, rel=1e-12)
+    assert deeper["p"] == pytest.approx(shifted.pvalue, rel=1e-9)
+    text = findings_markdown(result)
+    ratio = math.exp(np.mean(np.log(ppl["adam"]) - np.log(ppl["sgd"])))
+    assert f"ratio A/B {ratio:.4g}" in text and "margin: ratio 1.01" in text
