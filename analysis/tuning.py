@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
-from scipy import stats as sps
 from scipy.stats import qmc
 
-from analysis.stats import on_log_scale
+from analysis.stats import LEVEL, holm, on_log_scale, paired, summarize
 from lmvit.errors import ConfigError, UserError
 from lmvit.runs import effective_lr, find_run_dirs, read_config, read_metrics
 
@@ -46,7 +45,6 @@ SPACE_FILE = CONF_DIR / "tuning" / "space.yaml"
 STAGES = ("search", "confirm", "speedup")
 DEFAULT = "default"  # trial k of the usual setting (factor 1, the optimizer's own weight decay and warm-up)
 DONE = ("completed", "failed", "diverged")  # a job with one of these statuses has its result
-LEVEL = 0.95
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,36 +401,14 @@ def expected_best(values: list[float], mode: str = "max") -> np.ndarray:
 
 
 def t_interval(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """Mean and Student-t interval (nan bounds with fewer than 2 values)."""
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean()) if len(x) else math.nan
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(sps.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
+    """Mean and Student-t interval (nan bounds with fewer than 2 values): ``analysis.stats.summarize``."""
+    s = summarize(values, level)
+    return s.mean, s.ci_low, s.ci_high
 
 
 def paired_p(a: list[float], b: list[float]) -> float:
-    """Two-sided paired t-test p-value over shared seeds (nan below 2 pairs or with no spread)."""
-    if len(a) < 2:
-        return math.nan
-    d = np.asarray(a, float) - np.asarray(b, float)
-    if np.all(d == d[0]):
-        return 0.0 if d[0] != 0 else 1.0
-    return float(sps.ttest_rel(a, b).pvalue)
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-adjusted p-values (nan stays nan)."""
-    p = np.asarray(pvalues, float)
-    ok = np.flatnonzero(~np.isnan(p))
-    out = np.full(len(p), math.nan)
-    order = ok[np.argsort(p[ok])]
-    m, running = len(order), 0.0
-    for rank, idx in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[idx]))
-        out[idx] = running
-    return list(out)
+    """Two-sided paired t-test p-value over shared seeds (nan below 2 pairs): ``analysis.stats.paired``."""
+    return paired(a, b).p if len(a) >= 2 else math.nan
 
 
 def steps_to_reach(curve: list[tuple[float, float]], target: float) -> tuple[float, str]:
