@@ -51,7 +51,7 @@ BENCH_OUT ?= logs/bench/results.jsonl
 .PHONY: bench gpu-prep
 bench: install
 	$(PY) bench/cpu_step.py --repeats 5 --out $(BENCH_OUT)
-	$(PY) bench/cpu_threads.py --repeats 6 --steps 12 --out $(BENCH_OUT)
+	$(PY) bench/cpu_threads.py --repeats 4 --steps 8 --out $(BENCH_OUT)
 	$(PY) bench/attention.py --out $(BENCH_OUT)
 	$(PY) bench/vit_vs_timm.py --out $(BENCH_OUT)
 	$(PY) bench/trainer_overhead.py --case vit --out $(BENCH_OUT)

@@ -13,6 +13,12 @@ default (``lmvit.resolvers.default_workers`` workers, every core a thread) the b
 validation pass over the 5,000 validation images (forward only, eval mode, the same precision):
 the seconds of each per image and the share of an epoch's time that validation takes.
 
+**Now against before.** The same paired run also times the step as ``train.py`` ran it before the
+CPU setting was chosen (fp32, AdamW's loop over tensors, ``cores - 1`` loader workers, at most
+:data:`lmvit.resolvers.MAX_DEFAULT_WORKERS`) against the step as it runs now (the default layout
+above, bf16 autocast where the CPU has it, the optimizer built by ``build_optimizer``: fused AdamW on
+the CPU): the whole training step, its loading included, before and after.
+
 Pinned memory needs no measurement: the loaders pin only when CUDA is present
 (``datamodules.sampling``).
 """
@@ -29,8 +35,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from lightning_modules.optim import build_optimizer, kernel_in_use
 from lmvit.hardware import bf16_capable
-from lmvit.resolvers import default_workers
+from lmvit.resolvers import MAX_DEFAULT_WORKERS, default_workers
 
 
 def setup(workers: int):
@@ -53,16 +60,23 @@ def main() -> None:
         cfg = compose("train", overrides=["model=vit", "optimizer=adamw", "paths.output_dir=/tmp"])
 
     base = (cores, default_workers())
-    layouts = [base] + [v for v in [(cores, 0), (max(1, cores - 1), 1), (cores, cores)] if v != base]
-    variants = {}
-    for threads, workers in layouts:
+    others = dict.fromkeys([(cores, 0), (cores, 1), (max(1, cores - 1), 1), (cores, cores)])  # in order, once
+    layouts = [base] + [v for v in others if v != base]
+    # name: (threads, workers, now's setting (bf16 where the CPU has it, train.py's optimizer) or before's)
+    setups = {f"threads{t}_workers{w}": (t, w, True) for t, w in layouts}
+    before = f"before_fp32_threads{cores}_workers{min(MAX_DEFAULT_WORKERS, cores - 1)}"
+    setups[before] = (cores, min(MAX_DEFAULT_WORKERS, cores - 1), False)
+    variants, optimizers = {}, {}
+    for name, (threads, workers, now) in setups.items():
         torch.manual_seed(0)
         net = instantiate(cfg.model).net.train()
-        opt = instantiate(cfg.optimizer)(net.parameters())
+        factory = instantiate(cfg.optimizer)
+        opt = optimizers[name] = build_optimizer(factory, net) if now else factory(net.parameters())
         loader = setup(workers).train_dataloader()
         batches = itertools.cycle(loader) if workers == 0 else iter(_forever(loader))
+        cast = autocast if now else contextlib.nullcontext
 
-        def measure(net=net, opt=opt, batches=batches, threads=threads):
+        def measure(net=net, opt=opt, batches=batches, threads=threads, cast=cast):
             torch.set_num_threads(threads)
             try:
 
@@ -70,7 +84,7 @@ def main() -> None:
                     for _ in range(args.steps):
                         x, y = next(batches)
                         opt.zero_grad(set_to_none=True)
-                        with autocast():
+                        with cast():
                             loss = F.cross_entropy(net(x), y)
                         loss.backward()
                         opt.step()
@@ -79,15 +93,27 @@ def main() -> None:
             finally:
                 torch.set_num_threads(cores)
 
-        variants[f"threads{threads}_workers{workers}"] = measure
+        variants[name] = measure
     samples = common.paired(variants, args.repeats, args.warmup)
+    now = f"threads{base[0]}_workers{base[1]}"
     common.report(
         "cpu_threads_vs_workers",
-        samples,
-        baseline=f"threads{base[0]}_workers{base[1]}",
+        {k: v for k, v in samples.items() if k != before},
+        baseline=now,
         unit="s/step",
         out=args.out,
         precision="bf16-mixed" if bf16 else "32-true",
+        cores=cores,
+    )
+    common.report(
+        "cpu_train_step_now_vs_before",
+        {before: samples[before], now: samples[now]},
+        baseline=before,
+        unit="s/step",
+        target=(now, "<=", 0.5),
+        out=args.out,
+        precision={before: "32-true", now: "bf16-mixed" if bf16 else "32-true"},
+        optimizer_kernel={before: "default", now: kernel_in_use(optimizers[now])},
         cores=cores,
     )
 

@@ -35,8 +35,9 @@ def default_workers() -> int:
     """``data.num_workers``'s default (``${lmvit.default_workers:}``): one loader worker per usable
     core but one (the training process keeps a core), at most :data:`MAX_DEFAULT_WORKERS`, and 0
     (load in the training process) on :data:`IN_PROCESS_UP_TO` cores or fewer: on 2 cores a worker
-    takes a core from the two intra-op threads of the step, and the bf16 ViT step fed in-process
-    was 0.90x as long as with 1 worker (paired, ``bench/cpu_threads.py``, BENCHMARKS.md). Never
+    takes a core from the two intra-op threads of the step, and the bf16 ViT step fed by 1 worker
+    took 1.02x (quiet) to 1.11x (under load) as long as fed in-process (paired,
+    ``bench/cpu_threads.py``, BENCHMARKS.md). Never
     more than the cores, so torch's "excessive worker creation" warning does not fire."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if cores <= IN_PROCESS_UP_TO else min(MAX_DEFAULT_WORKERS, cores - 1)
