@@ -1,12 +1,13 @@
 """Copy the records of a log folder's completed runs into the repository (no checkpoints, no data).
 
-    python scripts/publish_runs.py logs/study docs/results/cpu/runs
+    python scripts/publish_runs.py logs/study docs/results/cpu/runs --exclude tuning
     python -m analysis docs/results/cpu/runs --out docs/results/cpu/report
 
 For every run below SRC whose metrics.json says ``completed``: metrics.json, config.yaml,
 dynamics.jsonl and .hydra/ (what the report reads), at the same relative path below DEST. A run
 published before is replaced by its newer record; runs not completed yet are left out (publish again
-when they are). Prints what it copied.
+when they are); runs below an ``--exclude`` folder of SRC are left out (the tuning's runs, which
+have a report of their own: docs/optimizer-tuning.md). Prints what it copied.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from lmvit.runs import find_run_dirs, read_metrics  # noqa: E402
 RECORDS = ("metrics.json", "config.yaml", "dynamics.jsonl")
 
 
-def publish(src: Path, dest: Path) -> list[Path]:
+def publish(src: Path, dest: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     copied = []
+    skip = [(src / folder).resolve() for folder in exclude]
     for run in find_run_dirs(src):
         if (read_metrics(run) or {}).get("status") != "completed":
+            continue
+        if any(run.resolve().is_relative_to(folder) for folder in skip):
             continue
         target = dest / run.relative_to(src.resolve())
         target.mkdir(parents=True, exist_ok=True)
@@ -43,10 +47,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("src", type=Path, help="a log folder (e.g. logs/study)")
     p.add_argument("dest", type=Path, help="where the records go (e.g. docs/results/cpu/runs)")
+    p.add_argument("--exclude", action="append", default=[], metavar="FOLDER", help="a folder of SRC to leave out")
     args = p.parse_args()
     if not args.src.is_dir():
         sys.exit(f"No such folder: {args.src} (pass the log folder the runs were written to)")
-    copied = publish(args.src, args.dest)
+    missing = [f for f in args.exclude if not (args.src / f).is_dir()]
+    if missing:
+        sys.exit(f"No such folder in {args.src}: {', '.join(missing)} (--exclude names a folder of SRC)")
+    copied = publish(args.src, args.dest, tuple(args.exclude))
     for target in copied:
         print(target)
     print(f"{len(copied)} completed runs published to {args.dest}")

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -305,3 +306,24 @@ def test_notebook_executes_headless(tiny_sweep, tmp_path):
     text = "".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)  # results, prints
     assert "263168" in text  # 4 * 256 * 257: the study's attention, counted from the module
     assert str(tiny_sweep) in text  # it read the sweep it was pointed at
+
+
+def test_publish_runs_copies_completed_records_only(tmp_path):
+    """scripts/publish_runs.py: the records of completed runs, at their relative paths; no
+    checkpoints, no unfinished runs, nothing under an --exclude folder; a bad folder is one line."""
+    src, dest = tmp_path / "logs", tmp_path / "published"
+    for rel, status in (("table2/a", "completed"), ("table2/b", "interrupted"), ("tuning/vit/c", "completed")):
+        run = src / rel
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+        (run / "config.yaml").write_text("seed: 1\n")
+        (run / "metrics.json").write_text(json.dumps({"status": status, "final": {}}))
+    script = [sys.executable, "scripts/publish_runs.py", str(src), str(dest)]
+    proc = subprocess.run([*script, "--exclude", "tuning"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    published = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert published == ["table2/a/config.yaml", "table2/a/metrics.json"]
+    bad = subprocess.run([*script, "--exclude", "tunning"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        f"No such folder in {src}: tunning (--exclude names a folder of SRC)"
+    ]
