@@ -47,8 +47,10 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def sweep_overrides(config: DictConfig) -> list[str]:
-    """A sweep's task overrides that define its jobs (sorted)."""
-    return sorted(str(o) for o in config.hydra.overrides.task if not str(o).lstrip("+~").startswith(RERUN_KEYS))
+    """A sweep's task overrides that define its jobs (sorted), as typed: an override whose value
+    interpolates a swept key (``optimizer.lr=${trial.lr}``) is not resolved here."""
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    return sorted(str(o) for o in task if not str(o).lstrip("+~").startswith(RERUN_KEYS))
 
 
 class SweepSummary(Callback):

@@ -286,3 +286,21 @@ def test_slurm_requeue_signal_checkpoints_requeues_and_the_requeued_job_finishes
     assert comparable(finished) == comparable(load_metrics(reference))
     assert_times_summed(finished, pieces=2)
     assert calls.read_text().split() == ["requeue", "4242_0"]  # requeued once
+
+
+def test_a_rerun_with_interpolating_overrides_is_checked_against_the_saved_sweep(tmp_path):
+    """A sweep whose overrides interpolate a swept key (the tuning's ``optimizer.lr=${trial.lr}``)
+    is compared as typed: the same overrides pass, other ones are refused with one line."""
+    from omegaconf import OmegaConf
+
+    from lmvit.hydra_callbacks import SweepSummary
+
+    def sweep(*task: str):
+        return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": list(task)}}})
+
+    typed = ["+trial={lr:0.1},{lr:0.2}", "optimizer.lr=${trial.lr}", "seed=0"]
+    OmegaConf.save(sweep(*typed), tmp_path / "multirun.yaml")
+    SweepSummary().on_multirun_start(sweep(*reversed(typed)))  # the same sweep: no error, nothing resolved
+    with pytest.raises(SystemExit) as stop:
+        SweepSummary().on_multirun_start(sweep(*typed[:2], "seed=1"))
+    assert stop.value.code == 2
