@@ -35,7 +35,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from scipy.stats import qmc
 
-from analysis.stats import LEVEL, holm, on_log_scale, paired, summarize
+from analysis.stats import LEVEL, compare_metric, holm, summarize
 from lmvit.errors import ConfigError, UserError
 from lmvit.runs import effective_lr, find_run_dirs, read_config, read_metrics
 
@@ -406,11 +406,6 @@ def t_interval(values: list[float], level: float = LEVEL) -> tuple[float, float,
     return s.mean, s.ci_low, s.ci_high
 
 
-def paired_p(a: list[float], b: list[float]) -> float:
-    """Two-sided paired t-test p-value over shared seeds (nan below 2 pairs): ``analysis.stats.paired``."""
-    return paired(a, b).p if len(a) >= 2 else math.nan
-
-
 def steps_to_reach(curve: list[tuple[float, float]], target: float) -> tuple[float, str]:
     """Steps a loss curve (steps, loss) needs to reach ``target``, interpolated linearly in
     log(steps) between the first pair of points that brackets it. Returns (steps, "") or, beyond
@@ -548,11 +543,10 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
         tm, tl, th = t_interval(tuned.score.tolist())
         dm, dl, dh = t_interval(default.score.tolist())
         shared = sorted(set(tuned.seed) & set(default.seed))
-        scale = math.log if on_log_scale(monitor) else float  # perplexities: on the logs (analysis.stats)
-        p = paired_p(
-            [scale(tuned.set_index("seed").score[s]) for s in shared],
-            [scale(default.set_index("seed").score[s]) for s in shared],
-        )
+        d = compare_metric(  # paired over the shared seeds; perplexities on the logs
+            monitor, tuned.set_index("seed").score.to_dict(), default.set_index("seed").score.to_dict()
+        ).difference
+        p = d.p if d is not None and d.method == "paired t" else math.nan
         runs = {r["seed"]: (r["steps"], r[metric]) for r in tuned.to_dict("records") if r["steps"]}
         sp = summarize_speedup(speedups({s: c for s, c in curve.items() if len(c) >= 2}, runs))
         wall = sp["speedup"] / times[name] if name in times and math.isfinite(sp["speedup"]) else math.nan
