@@ -61,7 +61,8 @@ bench: install
 	$(PY) bench/data_throughput.py --out $(BENCH_OUT)
 	$(PY) bench/memory.py --out $(BENCH_OUT)
 	$(PY) bench/inspection.py --layers 2 --repeats 5 --out $(BENCH_OUT)
-	$(PY) bench/optimizers.py --repeats 3 --out $(BENCH_OUT)
+	$(PY) bench/optimizers.py --workload vit --repeats 3 --out $(BENCH_OUT)
+	$(PY) bench/optimizers.py --workload lstm --repeats 3 --out $(BENCH_OUT)
 
 ## make gpu-prep: what bench/gpu_check.sh needs on a GPU machine without network (.gpu/, .whl/)
 SHARED ?= ../shared

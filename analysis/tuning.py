@@ -453,9 +453,10 @@ def summarize_speedup(per_seed: dict[int, tuple[float, str]], level: float = LEV
     return out
 
 
-def step_time_ratios(bench_file: Path | None) -> dict[str, float]:
-    """Time per step relative to AdamW (paired) from the last ``optimizers`` line of
-    bench/optimizers.py's JSON lines; {} when there is none."""
+def step_time_ratios(bench_file: Path | None, workload: str) -> dict[str, float]:
+    """Time per step relative to AdamW (paired) on ``workload``'s model, from the last ``optimizers``
+    line of bench/optimizers.py's JSON lines with that ``workload``; {} when there is none. (A line
+    without one times the ViT in fp32, not a tuning run's step: it is not used.)"""
     if bench_file is None or not Path(bench_file).is_file():
         return {}
     ratios: dict[str, float] = {}
@@ -464,7 +465,7 @@ def step_time_ratios(bench_file: Path | None) -> dict[str, float]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if rec.get("bench") == "optimizers":
+        if rec.get("bench") == "optimizers" and rec.get("workload") == workload:
             ratios = {rec["baseline"]: 1.0, **rec.get("paired_ratio", {})}
     return ratios
 
@@ -491,9 +492,8 @@ def report(paths: list[str | Path], out: str | Path, bench_file: Path | None = N
         "reach the optimizer's final validation loss / the optimizer's steps (geometric mean over "
         f"seeds, {LEVEL:.0%} t interval of the logs)."
     )
-    times = step_time_ratios(bench_file)
     for workload, wrecs in recs.groupby("workload"):
-        lines += _workload_section(workload, wrecs, space, out, times)
+        lines += _workload_section(workload, wrecs, space, out, step_time_ratios(bench_file, workload))
     md = out / "optimizer_tuning.md"
     md.write_text("\n".join(lines) + "\n")
     return md
@@ -580,7 +580,13 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
     table.to_csv(out / f"tuning_{workload}.csv", index=False)
     lines.append(
         f"Final {monitor} ({mode} is better), tuned and at the usual setting, mean [{LEVEL:.0%} t interval] "
-        "over seeds; p: paired t over shared seeds (perplexities on the logs), Holm-adjusted over the optimizers."
+        "over seeds; p: paired t over shared seeds (perplexities on the logs), Holm-adjusted over the optimizers. "
+        + (
+            f"Wall-clock: the step speed-up / the time per step relative to {ref} on this workload's model "
+            f"(`bench/optimizers.py --workload {workload}`, paired)."
+            if times
+            else f"Wall-clock: n/a without a `--bench` file with a line of `bench/optimizers.py --workload {workload}`."
+        )
     )
     lines.append("")
     lines.append("| optimizer | tuned | usual setting | p (Holm) | speed-up (steps) | wall-clock |")

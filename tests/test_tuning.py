@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -238,7 +239,13 @@ def test_report_on_hand_made_runs(tmp_path):
         _fake_run(logs / "confirm" / "sgd", f"d{seed}", optimizer="sgd", stage="confirm", k="default", seed=seed,
                   score=0.3, loss=2.0, steps=200)  # fmt: skip
     bench = tmp_path / "bench.jsonl"
-    bench.write_text(json.dumps({"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.8}}) + "\n")
+    lines = [  # the last line of the workload counts; another workload's, or one without, does not
+        {"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.5}},
+        {"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.6}, "workload": "vit"},
+        {"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.8}, "workload": "vit"},
+        {"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.7}, "workload": "lstm"},
+    ]
+    bench.write_text("".join(json.dumps(line) + "\n" for line in lines))
     md = tuning.report([logs], tmp_path / "out", bench)
     import pandas as pd
 
@@ -281,3 +288,25 @@ def test_tiny_search_runs_and_its_rerun_skips(tmp_path, data_dir):
         scores = {r["k"]: r["score"] for r in records if r["optimizer"] == sweep.optimizer}
         assert [t["k"] for t in _trials(sweep)] == [int(max(scores, key=scores.get)), "default"]
         assert sweep.sweep_dir == tmp_path / "tuning" / "vit" / "confirm" / sweep.optimizer
+
+
+# --- the time per step of the wall-clock speed-up ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_optimizers_bench_times_the_workloads_own_step(tmp_path, data_dir):
+    """bench/optimizers.py --workload lstm builds the LSTM as the tuning's runs do (bf16 at budget=cpu)
+    and its line is the one the report reads for that workload, and only for it."""
+    out = tmp_path / "bench.jsonl"
+    args = [sys.executable, "bench/optimizers.py", "--workload", "lstm", "--optimizers", "adamw", "sgd",
+            "--repeats", "1", "--warmup", "0", "--opt-repeats", "1", "--opt-steps", "2", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "DATA_DIR": str(data_dir)}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [json.loads(x) for x in out.read_text().splitlines()][-1]
+    assert line["bench"] == "optimizers" and line["workload"] == "lstm" and line["precision"] == "bf16-mixed"
+    # AdamW: exp_avg and exp_avg_sq in fp32 (+ a 4-byte step counter per tensor); SGD: nothing
+    assert rel(line["state_bytes"]["adamw"], 2 * 4 * line["params"], 1e-5) and line["state_bytes"]["sgd"] == 0
+    assert line["layers"] == 1 and line["batch_size"] == 16  # Table 1 config 1's LSTM
+    assert tuning.step_time_ratios(out, "lstm") == {"adamw": 1.0, "sgd": line["paired_ratio"]["sgd"]}
+    assert tuning.step_time_ratios(out, "vit") == {}
