@@ -510,7 +510,7 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
     mode, monitor = recs["mode"].iloc[0], recs["monitor"].iloc[0]
     lines = ["", f"### {workload}: {' '.join(wl['base'])}", ""]
     # (a) budget curves
-    search = recs[recs.stage == "search"]
+    search = recs[(recs.stage == "search") & recs.status.isin(DONE)]  # a running trial has no result yet
     curves = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, g in search.groupby("optimizer"):
@@ -527,6 +527,8 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
     fig.savefig(out / f"tuning_{workload}_budget.png", dpi=120)
     plt.close(fig)
     pd.DataFrame(curves).to_csv(out / f"tuning_{workload}_budget.csv", index=False)
+    lines += _search_table(workload, search, wl, space, monitor, mode, out)
+    lines += [f"![budget curves](tuning_{workload}_budget.png)", ""]
     # (b, c, d) default vs tuned, speed-up
     conf = recs[(recs.stage == "confirm") & (recs.status == "completed")]
     ref = space["reference"]
@@ -589,17 +591,64 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
         )
     )
     lines.append("")
+    if not rows:
+        return lines + ["(No completed confirm run yet.)", ""]
     lines.append("| optimizer | tuned | usual setting | p (Holm) | speed-up (steps) | wall-clock |")
     lines.append("|---|---|---|---|---|---|")
-    for r in rows if table.empty else table.to_dict("records"):
+    for r in table.to_dict("records"):
         wall = f"{r['speedup_wallclock']:.2f}x" if math.isfinite(r["speedup_wallclock"]) else "n/a"
         lines.append(
             f"| {r['optimizer']} | {_ci(r[f'tuned_{monitor}'], r['tuned_low'], r['tuned_high'])} | "
             f"{_ci(r[f'default_{monitor}'], r['default_low'], r['default_high'])} | {_p(r.get('p_holm'))} | "
             f"{r['speedup']} | {wall} |"
         )
-    lines += ["", f"![budget curves](tuning_{workload}_budget.png)", ""]
-    return lines
+    return lines + [""]
+
+
+def _search_table(workload, search, wl, space, monitor: str, mode: str, out: Path) -> list[str]:
+    """Each optimizer's search so far: trials with a result, the best one and its setting."""
+    import pandas as pd
+
+    rows = []
+    for name, g in search.groupby("optimizer"):
+        recs = g.to_dict("records")
+        scores = [score_of(r, wl["failed_score"]) for r in recs]
+        i = int(np.argmax(scores) if mode == "max" else np.argmin(scores))
+        best = recs[i]
+        rows.append(
+            {
+                "optimizer": name,
+                "trials": len(recs),
+                "failed": sum(r["status"] != "completed" for r in recs),
+                "best_trial": best["k"],
+                "lr": best["lr"],
+                "weight_decay": best["weight_decay"],
+                "warmup_fraction": best["warmup_fraction"],
+                f"best_{monitor}": scores[i],
+                f"median_{monitor}": float(np.median(scores)),
+            }
+        )
+    pd.DataFrame(rows).to_csv(out / f"tuning_{workload}_search.csv", index=False)
+    n = space["trials"]
+    lines = [
+        "",
+        f"Search ({' '.join(wl['search'])}, seed {space['search_seed']}; {n} trials an optimizer): final {monitor} "
+        "of the best trial and the median trial (a failed or diverged one scores "
+        f"{wl['failed_score']:g}); lr as run (after the optimizer's lr_scale).",
+        "",
+        f"| optimizer | trials | best {monitor} | median | best trial: lr, weight decay, warm-up |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        warm = (
+            "none" if r["warmup_fraction"] is None or pd.isna(r["warmup_fraction"]) else f"{r['warmup_fraction']:.3f}"
+        )
+        done = f"{r['trials']} of {n}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+        lines.append(
+            f"| {r['optimizer']} | {done} | {r[f'best_{monitor}']:.4g} | {r[f'median_{monitor}']:.4g} | "
+            f"{r['lr']:.3g}, {r['weight_decay']:.3g}, {warm} |"
+        )
+    return lines + [""]
 
 
 def _ci(mean: float, low: float, high: float) -> str:

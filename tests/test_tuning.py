@@ -225,6 +225,30 @@ def test_report_on_hand_made_runs(tmp_path):
         for k, s in enumerate(scores):
             _fake_run(logs / "search" / opt, f"s{k}", optimizer=opt, stage="search", k=k, seed=0, score=s, loss=1.0,
                       steps=50)  # fmt: skip
+    _fake_run(
+        logs / "search" / "sgd",
+        "s2",
+        optimizer="sgd",
+        stage="search",
+        k=2,
+        seed=0,
+        score=None,
+        loss=None,
+        steps=20,
+        status="running",
+    )  # fmt: skip  (no result yet: neither a trial nor a failure)
+    _fake_run(
+        logs / "search" / "sgd",
+        "s3",
+        optimizer="sgd",
+        stage="search",
+        k=3,
+        seed=0,
+        score=None,
+        loss=None,
+        steps=20,
+        status="diverged",
+    )  # fmt: skip  (a result: scores the failed score, chance accuracy)
     for seed in (1, 2, 3):  # AdamW at 0.5x, 1x, 2x: losses 2.0, 1.5, 1.2 at 100, 200, 400 steps
         _fake_run(logs / "confirm" / "adamw", f"t{seed}", optimizer="adamw", stage="confirm", k=1, seed=seed,
                   score=0.6 + 0.01 * seed, loss=1.5, steps=200)  # fmt: skip
@@ -258,7 +282,15 @@ def test_report_on_hand_made_runs(tmp_path):
     assert rel(table.loc["adamw", "p_tuned_vs_default"], sps.ttest_rel([0.61, 0.62, 0.63], [0.52, 0.54, 0.56]).pvalue)
     budget = pd.read_csv(tmp_path / "out" / "tuning_vit_budget.csv")
     sgd = budget[budget.optimizer == "sgd"]["expected_best_val/acc"].tolist()
-    assert np.allclose(sgd, [0.35, 0.3 * 0.25 + 0.4 * 0.75])  # (0.3 + 0.4) / 2; 0.4 unless both draws are 0.3
+    # SGD's trials: 0.3, 0.4 and the diverged one at chance (0.1); E[max of k draws], enumerated
+    exact = [np.mean([max(d) for d in itertools.product([0.3, 0.4, 0.1], repeat=k)]) for k in (1, 2, 3)]
+    assert np.allclose(sgd, exact)
+    search = pd.read_csv(tmp_path / "out" / "tuning_vit_search.csv").set_index("optimizer")
+    assert (
+        search.loc["sgd", "trials"] == 3 and search.loc["sgd", "failed"] == 1 and search.loc["sgd", "best_trial"] == 1
+    )
+    assert rel(search.loc["sgd", "best_val/acc"], 0.4) and rel(search.loc["sgd", "median_val/acc"], 0.3)
+    assert "| sgd | 3 of 16 (1 failed) | 0.4 | 0.3 |" in md.read_text()
     assert "## Optimizers, tuned equally" in md.read_text()
     assert (tmp_path / "out" / "tuning_vit_budget.png").stat().st_size > 0
 
