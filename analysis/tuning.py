@@ -539,9 +539,18 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
     ):
         if r["status"] == "completed" and r["steps"] and r[metric] is not None:
             curve.setdefault(r["seed"], []).append((r["steps"], r[metric]))
+    ref_tuned = conf[(conf.optimizer == ref) & (conf.k != DEFAULT)]
+    ref_loss = {r["seed"]: r[metric] for r in ref_tuned.to_dict("records") if r[metric] is not None}
     rows = []
     for name, g in conf.groupby("optimizer"):
         tuned, default = g[g.k != DEFAULT], g[g.k == DEFAULT]
+        # against the tuned reference at the same steps, paired by seed: a lower final loss is a
+        # speed-up above 1 (the reference's loss falls with its steps), a higher one below 1; this
+        # test needs no interpolation and holds where the speed-up lies beyond the reference's runs
+        vs_ref = None
+        if name != ref:
+            own = {r["seed"]: r[metric] for r in tuned.to_dict("records") if r[metric] is not None}
+            vs_ref = compare_metric(wl["speedup_metric"], own, ref_loss).difference
         tm, tl, th = t_interval(tuned.score.tolist())
         dm, dl, dh = t_interval(default.score.tolist())
         shared = sorted(set(tuned.seed) & set(default.seed))
@@ -568,6 +577,8 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
                 "default_high": dh,
                 "seeds": len(shared),
                 "p_tuned_vs_default": p,
+                f"{metric}_vs_ref": vs_ref.diff if vs_ref is not None else math.nan,
+                "p_vs_ref": vs_ref.p if vs_ref is not None and vs_ref.method == "paired t" else math.nan,
                 "speedup_steps": sp["speedup"],
                 "speedup_low": sp["low"],
                 "speedup_high": sp["high"],
@@ -579,10 +590,15 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
     table = pd.DataFrame(rows)
     if not table.empty:
         table["p_holm"] = holm(table["p_tuned_vs_default"].tolist())
+        table["p_vs_ref_holm"] = holm(table["p_vs_ref"].tolist())
+        table["verdict"] = [_verdict(r, ref, metric) for r in table.to_dict("records")]
     table.to_csv(out / f"tuning_{workload}.csv", index=False)
     lines.append(
         f"Final {monitor} ({mode} is better), tuned and at the usual setting, mean [{LEVEL:.0%} t interval] "
         "over seeds; p: paired t over shared seeds (perplexities on the logs), Holm-adjusted over the optimizers. "
+        f"Against tuned {ref}: its final {wl['speedup_metric']} against {ref}'s at the same steps, paired by seed, "
+        f"Holm-adjusted over the optimizers (a family of its own); faster or slower at p < {1 - LEVEL:.2g}, "
+        "else inconclusive. "
         + (
             f"Wall-clock: the step speed-up / the time per step relative to {ref} on this workload's model "
             f"(`bench/optimizers.py --workload {workload}`, paired)."
@@ -593,14 +609,17 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
     lines.append("")
     if not rows:
         return lines + ["(No completed confirm run yet.)", ""]
-    lines.append("| optimizer | tuned | usual setting | p (Holm) | speed-up (steps) | wall-clock |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append(
+        "| optimizer | tuned | usual setting | p (Holm) | speed-up (steps) | wall-clock | against tuned "
+        f"{ref} | p (Holm) |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|")
     for r in table.to_dict("records"):
         wall = f"{r['speedup_wallclock']:.2f}x" if math.isfinite(r["speedup_wallclock"]) else "n/a"
         lines.append(
             f"| {r['optimizer']} | {_ci(r[f'tuned_{monitor}'], r['tuned_low'], r['tuned_high'])} | "
             f"{_ci(r[f'default_{monitor}'], r['default_low'], r['default_high'])} | {_p(r.get('p_holm'))} | "
-            f"{r['speedup']} | {wall} |"
+            f"{r['speedup']} | {wall} | {r['verdict']} | {_p(r.get('p_vs_ref_holm'))} |"
         )
     return lines + [""]
 
@@ -649,6 +668,19 @@ def _search_table(workload, search, wl, space, monitor: str, mode: str, out: Pat
             f"{r['lr']:.3g}, {r['weight_decay']:.3g}, {warm} |"
         )
     return lines + [""]
+
+
+def _verdict(row: dict, ref: str, metric: str) -> str:
+    """faster / slower than the tuned reference (its Holm-adjusted p under 1 - LEVEL), else
+    inconclusive; "not tested" with fewer than 2 shared seeds."""
+    if row["optimizer"] == ref:
+        return "reference"
+    p = row.get("p_vs_ref_holm")
+    if p is None or not math.isfinite(p):
+        return "not tested (< 2 shared seeds)"
+    if p >= 1 - LEVEL:
+        return "inconclusive"
+    return "faster" if row[f"{metric}_vs_ref"] < 0 else "slower"
 
 
 def _ci(mean: float, low: float, high: float) -> str:

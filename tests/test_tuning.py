@@ -262,6 +262,11 @@ def test_report_on_hand_made_runs(tmp_path):
                   score=0.4, loss=sgd_loss, steps=200)  # fmt: skip
         _fake_run(logs / "confirm" / "sgd", f"d{seed}", optimizer="sgd", stage="confirm", k="default", seed=seed,
                   score=0.3, loss=2.0, steps=200)  # fmt: skip
+        lion_loss = {1: 1.8, 2: 1.85, 3: 1.9}[seed]  # every seed above tuned AdamW's 1.5
+        _fake_run(logs / "confirm" / "lion", f"t{seed}", optimizer="lion", stage="confirm", k=0, seed=seed,
+                  score=0.4, loss=lion_loss, steps=200)  # fmt: skip
+        _fake_run(logs / "confirm" / "lion", f"d{seed}", optimizer="lion", stage="confirm", k="default", seed=seed,
+                  score=0.3, loss=2.0, steps=200)  # fmt: skip
     bench = tmp_path / "bench.jsonl"
     lines = [  # the last line of the workload counts; another workload's, or one without, does not
         {"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.5}},
@@ -280,6 +285,14 @@ def test_report_on_hand_made_runs(tmp_path):
     assert rel(table.loc["sgd", "speedup_wallclock"], want / 0.8)
     assert rel(table.loc["adamw", "tuned_val/acc"], 0.62) and rel(table.loc["adamw", "default_val/acc"], 0.54)
     assert rel(table.loc["adamw", "p_tuned_vs_default"], sps.ttest_rel([0.61, 0.62, 0.63], [0.52, 0.54, 0.56]).pvalue)
+    # against tuned AdamW at the same steps: paired t on the final losses, Holm over SGD and Lion
+    p_sgd = sps.ttest_rel([1.35, 1.5, 1.9], [1.5] * 3).pvalue
+    p_lion = sps.ttest_rel([1.8, 1.85, 1.9], [1.5] * 3).pvalue
+    assert rel(table.loc["sgd", "p_vs_ref"], p_sgd) and rel(table.loc["lion", "p_vs_ref"], p_lion)
+    assert p_lion * 2 < 0.05 < p_sgd  # so Holm: Lion 2 p, SGD max(that, p)
+    assert rel(table.loc["lion", "p_vs_ref_holm"], 2 * p_lion) and rel(table.loc["sgd", "p_vs_ref_holm"], p_sgd)
+    assert table.loc["lion", "verdict"] == "slower" and table.loc["sgd", "verdict"] == "inconclusive"
+    assert table.loc["adamw", "verdict"] == "reference"
     budget = pd.read_csv(tmp_path / "out" / "tuning_vit_budget.csv")
     sgd = budget[budget.optimizer == "sgd"]["expected_best_val/acc"].tolist()
     # SGD's trials: 0.3, 0.4 and the diverged one at chance (0.1); E[max of k draws], enumerated
