@@ -271,6 +271,61 @@ def plan(
     return [_sweep(space, workload, stage, ref, runs, space["seeds"], log_dir, extra)]
 
 
+def status(
+    workload: str, log_dir: str | Path = "logs", optimizers: list[str] | None = None, space: dict | None = None
+) -> list[dict[str, Any]]:
+    """How far a workload's tuning got: per stage and optimizer, the jobs planned, those with a result
+    (``failed`` of them failed or diverged), those stopped or running, and the median seconds of
+    the completed ones (``train_seconds``). Reads the runs only: no plan, so it works mid-search."""
+    space = space or load_space()
+    workload_config(space, workload)
+    names = optimizers or optimizer_names(reference=space["reference"])
+    planned = {
+        "search": space["trials"],
+        "confirm": 2 * len(space["seeds"]),  # the best trial and the usual setting
+        "speedup": len(space["speedup_factors"]) * len(space["seeds"]),
+    }
+    rows = []
+    for stage in STAGES:
+        for name in names if stage != "speedup" else [space["reference"]]:
+            recs = load_records([Path(log_dir) / "tuning" / workload / stage / name])
+            done = {(r["k"], r["steps_factor"], r["seed"]): r for r in recs if r["status"] in DONE}
+            seconds = [r["train_seconds"] for r in done.values() if r["status"] == "completed" and r["train_seconds"]]
+            rows.append(
+                {
+                    "stage": stage,
+                    "optimizer": name,
+                    "planned": planned[stage],
+                    "done": len(done),
+                    "failed": sum(r["status"] != "completed" for r in done.values()),
+                    "unfinished": sum(r["status"] not in DONE for r in recs),
+                    "median_seconds": float(np.median(seconds)) if seconds else math.nan,
+                }
+            )
+    return rows
+
+
+def status_text(workload: str, rows: list[dict[str, Any]]) -> str:
+    """``status``'s rows as a few lines: one per stage, then the optimizers not done yet."""
+    lines = []
+    for stage in STAGES:
+        rs = [r for r in rows if r["stage"] == stage]
+        planned, done = sum(r["planned"] for r in rs), sum(r["done"] for r in rs)
+        failed, unfinished = sum(r["failed"] for r in rs), sum(r["unfinished"] for r in rs)
+        seconds = [r["median_seconds"] for r in rs if math.isfinite(r["median_seconds"])]
+        line = f"{workload} {stage}: {done} of {planned} jobs have a result"
+        line += f" ({failed} failed or diverged)" if failed else ""
+        line += f", {unfinished} stopped or running" if unfinished else ""
+        if seconds and done < planned:
+            left = float(np.median(seconds)) * (planned - done)
+            line += f"; about {left / 3600:.1f} h left at the median {np.median(seconds):.0f} s a run"
+        lines.append(line)
+        todo = [f"{r['optimizer']} {r['done']}/{r['planned']}" for r in rs if r["done"] < r["planned"]]
+        if todo and done:
+            lines.append("  not done: " + ", ".join(todo))
+    return "\n".join(lines)
+
+
 def steps_setting(factor: float, epochs: int) -> tuple[int, float]:
     """(max_epochs, limit_train_batches) for ``factor`` x the steps of ``epochs`` epochs: whole epochs
     when factor x epochs is whole (every run then validates at its end), else the same epochs with
@@ -707,12 +762,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--log-dir", default="logs", help="sweeps go to <log-dir>/tuning/<workload>/<stage>/<optimizer>")
         p.add_argument("--optimizers", default=None, help="comma-separated (default: every conf/optimizer/*.yaml)")
         p.add_argument("--trials", type=int, default=None, help="the first N trials only (default: the space's)")
+    p = sub.add_parser("status", help="how far a workload's stages got (jobs with a result, hours left)")
+    p.add_argument("workload", help="a workload of conf/tuning/space.yaml: vit | lstm")
+    p.add_argument("--log-dir", default="logs", help="as given to run")
+    p.add_argument("--optimizers", default=None, help="comma-separated (default: every conf/optimizer/*.yaml)")
     p = sub.add_parser("report", help='the section "Optimizers, tuned equally"')
     p.add_argument("paths", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--bench", default=None, help="bench/optimizers.py JSON lines (time per step)")
     args, overrides = parser.parse_known_args(argv)  # what is left: train.py overrides (they win)
-    if args.cmd == "report" and overrides or any(o.startswith("-") or "=" not in o for o in overrides):
+    if args.cmd in ("report", "status") and overrides or any(o.startswith("-") or "=" not in o for o in overrides):
         parser.error(f"unrecognized arguments: {' '.join(overrides)} (train.py overrides are key=value)")
     args.overrides = overrides
     try:
@@ -720,6 +779,9 @@ def main(argv: list[str] | None = None) -> int:
             print(report(args.paths, args.out, Path(args.bench) if args.bench else None))
             return 0
         optimizers = args.optimizers.split(",") if args.optimizers else None
+        if args.cmd == "status":
+            print(status_text(args.workload, status(args.workload, args.log_dir, optimizers)))
+            return 0
         for stage in args.stage or (STAGES if args.cmd == "run" else ["search"]):
             sweeps = plan(args.workload, stage, args.log_dir, args.overrides, optimizers, args.trials)
             if args.cmd == "plan":

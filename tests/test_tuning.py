@@ -355,3 +355,23 @@ def test_optimizers_bench_times_the_workloads_own_step(tmp_path, data_dir):
     assert line["layers"] == 1 and line["batch_size"] == 16  # Table 1 config 1's LSTM
     assert tuning.step_time_ratios(out, "lstm") == {"adamw": 1.0, "sgd": line["paired_ratio"]["sgd"]}
     assert tuning.step_time_ratios(out, "vit") == {}
+
+
+def test_status_counts_the_jobs_with_a_result(tmp_path):
+    logs = tmp_path / "tuning" / "vit"
+    for k, status in enumerate(["completed", "completed", "diverged", "running"]):
+        _fake_run(logs / "search" / "adamw", f"s{k}", optimizer="adamw", stage="search", k=k, seed=0, score=0.5,
+                  loss=1.0, steps=50, status=status)  # fmt: skip
+    _fake_run(logs / "confirm" / "adamw", "c1", optimizer="adamw", stage="confirm", k=1, seed=1, score=0.5, loss=1.0,
+              steps=50)  # fmt: skip
+    rows = {(r["stage"], r["optimizer"]): r for r in tuning.status("vit", tmp_path, ["adamw", "sgd"])}
+    space = tuning.load_space()
+    search = rows[("search", "adamw")]
+    assert (search["planned"], search["done"], search["failed"], search["unfinished"]) == (space["trials"], 3, 1, 1)
+    assert search["median_seconds"] == 1.0  # the two completed ones (train_seconds 1.0)
+    assert rows[("search", "sgd")]["done"] == 0 and math.isnan(rows[("search", "sgd")]["median_seconds"])
+    assert rows[("confirm", "adamw")]["done"] == 1 and rows[("confirm", "adamw")]["planned"] == 2 * len(space["seeds"])
+    assert [o for s, o in rows if s == "speedup"] == [space["reference"]]
+    text = tuning.status_text("vit", list(rows.values()))
+    want = f"vit search: 3 of {2 * space['trials']} jobs have a result (1 failed or diverged), 1 stopped or running"
+    assert want in text and f"adamw 3/{space['trials']}, sgd 0/{space['trials']}" in text
