@@ -225,30 +225,11 @@ def test_report_on_hand_made_runs(tmp_path):
         for k, s in enumerate(scores):
             _fake_run(logs / "search" / opt, f"s{k}", optimizer=opt, stage="search", k=k, seed=0, score=s, loss=1.0,
                       steps=50)  # fmt: skip
-    _fake_run(
-        logs / "search" / "sgd",
-        "s2",
-        optimizer="sgd",
-        stage="search",
-        k=2,
-        seed=0,
-        score=None,
-        loss=None,
-        steps=20,
-        status="running",
-    )  # fmt: skip  (no result yet: neither a trial nor a failure)
-    _fake_run(
-        logs / "search" / "sgd",
-        "s3",
-        optimizer="sgd",
-        stage="search",
-        k=3,
-        seed=0,
-        score=None,
-        loss=None,
-        steps=20,
-        status="diverged",
-    )  # fmt: skip  (a result: scores the failed score, chance accuracy)
+    # trial 2 still running: no result yet, neither a trial nor a failure; trial 3 diverged: a result,
+    # scored the failed score (chance accuracy)
+    for k, status in ((2, "running"), (3, "diverged")):
+        _fake_run(logs / "search" / "sgd", f"s{k}", optimizer="sgd", stage="search", k=k, seed=0, score=None,
+                  loss=None, steps=20, status=status)  # fmt: skip
     for seed in (1, 2, 3):  # AdamW at 0.5x, 1x, 2x: losses 2.0, 1.5, 1.2 at 100, 200, 400 steps
         _fake_run(logs / "confirm" / "adamw", f"t{seed}", optimizer="adamw", stage="confirm", k=1, seed=seed,
                   score=0.6 + 0.01 * seed, loss=1.5, steps=200)  # fmt: skip
