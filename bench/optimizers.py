@@ -34,9 +34,9 @@ import time
 
 import common
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from pytorch_lightning.plugins.precision import MixedPrecision
 
 from analysis.tuning import load_space, workload_config
 from lightning_modules.optim import build_optimizer, has_modes
@@ -58,27 +58,15 @@ def workload_configs(workload: str, optimizers: list[str], layers: int | None):
         return {name: compose("train", overrides=base + [f"optimizer={name}"]) for name in optimizers}
 
 
-def workload_case(cfg, n_batches: int):
-    """(make_module, loss(net, batch), batches) for the composed config's task."""
+def workload_module(cfg, n_batches: int):
+    """The composed config's LightningModule (whose ``step`` is the runs' loss) and real batches."""
     if cfg.task == "lstm":
-        from lightning_modules.language_model import masked_nll
-
         dm = instantiate(cfg.data, num_workers=0)
         dm.prepare_data()
         dm.setup("fit")
         batches = [b for _, b in zip(range(n_batches), dm.train_dataloader())]
-
-        def lstm_loss(net, batch):
-            source, target, mask = batch
-            total, count = masked_nll(net(source), target, mask)
-            return total / count.clamp_min(1)
-
-        return (lambda: instantiate(cfg.model, vocab_size=dm.vocab_size)), lstm_loss, batches
-    return (
-        (lambda: instantiate(cfg.model)),
-        (lambda net, batch: F.cross_entropy(net(batch[0]), batch[1])),
-        common.cifar10_batches(n_batches, cfg.data.batch_size),
-    )
+        return instantiate(cfg.model, vocab_size=dm.vocab_size), batches
+    return instantiate(cfg.model), common.cifar10_batches(n_batches, cfg.data.batch_size)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -117,18 +105,16 @@ def main() -> None:
     first = cfgs[args.optimizers[0]]
     precision = str(first.trainer.precision)
     clip = first.trainer.get("gradient_clip_val")
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if precision.startswith("bf16")
-        else torch.autocast(device.type, dtype=torch.float16)
-        if precision.startswith("16")
+    autocast = (  # as Lightning's precision plugin autocasts the training step
+        MixedPrecision(precision, device.type).autocast_context_manager()
+        if precision.endswith("-mixed")
         else contextlib.nullcontext()
     )
-    make_module, loss_of, batches = workload_case(first, 2)
+    torch.manual_seed(0)  # the same initial net for every optimizer (each gets a copy)
+    module, batches = workload_module(first, 2)
     batches = [tuple(t.to(device) for t in b) for b in batches]
-
-    torch.manual_seed(0)
-    initial = make_module().net.to(device)
+    module = module.to(device)
+    initial = module.net
     no_weight_decay = bool(first.model.no_weight_decay)
     params = sum(p.numel() for p in initial.parameters())
     nets, optimizers, memory = {}, {}, {}
@@ -149,7 +135,7 @@ def main() -> None:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = loss_of(net, batch)
+            loss = module.step(batch, "train", net=net)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
