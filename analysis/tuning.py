@@ -433,7 +433,7 @@ def run_stage(sweeps: list[Sweep], python: str = sys.executable, dry_run: bool =
         if dry_run:
             continue
         rc = subprocess.run([python, *sweep.argv()], cwd=ROOT, check=False).returncode
-        if rc != 0:  # the sweep itself stopped (a bad setting, an interruption): the next ones still run
+        if rc != 0:  # a trial failed or diverged (a result), or the sweep stopped: the next ones still run
             lines.append(f"{sweep.stage} {sweep.optimizer}: train.py exited {rc}; rerun the same command to continue")
             print(lines[-1], file=sys.stderr, flush=True)
     return lines
@@ -786,8 +786,17 @@ def main(argv: list[str] | None = None) -> int:
             sweeps = plan(args.workload, stage, args.log_dir, args.overrides, optimizers, args.trials)
             if args.cmd == "plan":
                 print("\n".join(s.command() for s in sweeps))
-            elif any("exited" in line for line in run_stage(sweeps)):
-                return 1
+            else:
+                run_stage(sweeps)
+                left = {s.optimizer: len(s.jobs() - done_jobs(s)) for s in sweeps}
+                if any(left.values()):  # interrupted: the next stage needs every result of this one
+                    unfinished = ", ".join(f"{o} {n}" for o, n in left.items() if n)
+                    print(
+                        f"error: {stage} stage unfinished ({unfinished} jobs without a result); "
+                        "rerun the same command to continue",
+                        file=sys.stderr,
+                    )
+                    return 1
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The study at budget=cpu on a 2-core CPU, three seeds, resumable: rerun this script and every sweep
-# continues where it stopped (completed jobs skipped, stopped ones resumed from their last.ckpt).
+# continues where it stopped (completed jobs skipped, stopped ones resumed from their last.ckpt), and
+# a fresh clone continues from the run records published under docs/results/cpu/ (step 0).
 #   nice -n 10 bash scripts/study_cpu.sh        # hours: see REPRODUCTION.md for how far it got
 # Sweeps go to $STUDY_DIR (default logs/study); the report: python -m analysis logs/study --out <dir>
 set -euo pipefail
@@ -8,6 +9,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 DIR=${STUDY_DIR:-logs/study}
 QUIET=(callbacks.progress_bar=null)
+# 0. The published records (docs/results/cpu/) copied back into $DIR: on a fresh clone every run
+#    published before counts as completed below and is skipped, so the study continues where the
+#    repository's records stop. Publish what finished before the machine goes (REPRODUCTION.md).
+restore() { if [ -d "$1" ]; then "$PY" scripts/publish_runs.py "$1" "$2" | tail -1; fi; }
+restore docs/results/cpu/runs "$DIR"
+restore docs/results/cpu/tuning/runs "$DIR/tuning"
 # 1. bf16 vs fp32 on Table 2 config 2 (the CPU default's accuracy check, paired by seed)
 "$PY" train.py -m experiment=table2_2_adamw seed=1,2,3 budget=cpu trainer.precision=32-true "${QUIET[@]}" \
   hydra.sweep.dir="$DIR/table2_2_fp32"

@@ -308,12 +308,49 @@ def test_tiny_search_runs_and_its_rerun_skips(tmp_path, data_dir):
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("jobs done, skipped") == 2, again.stdout
     assert len(tuning.load_records([tmp_path / "tuning" / "vit" / "search"])) == 4
+    # a fresh clone (scripts/study_cpu.sh, step 0): the published records copied back into an empty log
+    # folder are results, and the rerun trains nothing
+    published, fresh = tmp_path / "published", tmp_path / "fresh"
+    for src, dest in ((tmp_path / "tuning", published), (published, fresh / "tuning")):
+        copy = subprocess.run([sys.executable, "scripts/publish_runs.py", str(src), str(dest)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert copy.returncode == 0 and "4 completed runs published" in copy.stdout, copy.stderr
+    assert not list(published.rglob("*.ckpt"))
+    restored = [*args[: args.index("--log-dir") + 1], str(fresh), *tiny]
+    again = subprocess.run(restored, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("jobs done, skipped") == 2, again.stdout
     # the confirm stage reads the search: each optimizer's best trial, and the usual setting
     confirm = tuning.plan("vit", "confirm", tmp_path, tiny, ["adamw", "sgd"], trials=2)
     for sweep in confirm:
         scores = {r["k"]: r["score"] for r in records if r["optimizer"] == sweep.optimizer}
         assert [t["k"] for t in _trials(sweep)] == [int(max(scores, key=scores.get)), "default"]
         assert sweep.sweep_dir == tmp_path / "tuning" / "vit" / "confirm" / sweep.optimizer
+
+
+def test_a_stage_with_failed_trials_goes_on_to_the_next(tmp_path, monkeypatch, capsys):
+    """A diverged search trial is a result (its sweep exits 1, as any sweep with a failed job): the
+    confirm stage still runs; a stage left with jobs without a result stops the command with one line."""
+    for opt in ("adamw", "sgd"):
+        for k in (0, 1):
+            status = "diverged" if (opt, k) == ("sgd", 1) else "completed"
+            _fake_run(tmp_path / "tuning" / "vit" / "search" / opt, f"s{k}", optimizer=opt, stage="search", k=k,
+                      seed=0, score=0.5 + 0.1 * k, loss=1.0, steps=50, status=status)  # fmt: skip
+    ran = []
+
+    def fake_run_stage(sweeps, **kwargs):
+        ran.append(sweeps[0].stage)
+        return [f"{s.stage} {s.optimizer}: train.py exited 1; rerun the same command to continue" for s in sweeps]
+
+    monkeypatch.setattr(tuning, "run_stage", fake_run_stage)
+    argv = ["run", "vit", "--stage", "search", "--stage", "confirm", "--optimizers", "adamw,sgd", "--trials", "2",
+            "--log-dir", str(tmp_path)]  # fmt: skip
+    assert tuning.main(argv) == 1
+    assert ran == ["search", "confirm"]
+    n = 2 * len(tuning.load_space()["seeds"])  # the best trial and the usual setting, each with every seed
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: confirm stage unfinished (adamw {n}, sgd {n} jobs without a result); rerun the same command to "
+        "continue"
+    ]
 
 
 # --- the time per step of the wall-clock speed-up ------------------------------------------------
