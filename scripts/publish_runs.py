@@ -3,11 +3,15 @@
     python scripts/publish_runs.py logs/study docs/results/cpu/runs --exclude tuning
     python -m analysis docs/results/cpu/runs --out docs/results/cpu/report
 
-For every run below SRC whose metrics.json says ``completed``: metrics.json, config.yaml,
-dynamics.jsonl and .hydra/ (what the report reads), at the same relative path below DEST. A run
-published before is replaced by its newer record; runs not completed yet are left out (publish again
-when they are); runs below an ``--exclude`` folder of SRC are left out (the tuning's runs, which
-have a report of their own: docs/optimizer-tuning.md). Prints what it copied.
+For every run below SRC that has its result (metrics.json says ``completed``, or ``failed`` or
+``diverged``: a rerun sweep skips these, lmvit/resume.py): metrics.json, config.yaml, dynamics.jsonl
+and .hydra/ (what the reports read), at the same relative path below DEST. A run published before
+is replaced by its newer record; runs still running or stopped are left out (publish again when
+they finish); runs below an ``--exclude`` folder of SRC are left out (the tuning's runs, which have
+a report of their own: docs/optimizer-tuning.md). Prints what it copied.
+
+The other way round, published records copied back into an empty log folder, a fresh clone
+continues a study: its rerun sweeps skip every published run (scripts/study_cpu.sh, step 0).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lmvit.resume import FAILED, FINISHED  # noqa: E402
 from lmvit.runs import find_run_dirs, read_metrics  # noqa: E402
 
 RECORDS = ("metrics.json", "config.yaml", "dynamics.jsonl")
@@ -28,7 +33,7 @@ def publish(src: Path, dest: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     copied = []
     skip = [(src / folder).resolve() for folder in exclude]
     for run in find_run_dirs(src):
-        if (read_metrics(run) or {}).get("status") != "completed":
+        if (read_metrics(run) or {}).get("status") not in FINISHED + FAILED:
             continue
         if any(run.resolve().is_relative_to(folder) for folder in skip):
             continue
@@ -57,7 +62,7 @@ def main() -> None:
     copied = publish(args.src, args.dest, tuple(args.exclude))
     for target in copied:
         print(target)
-    print(f"{len(copied)} completed runs published to {args.dest}")
+    print(f"{len(copied)} finished runs published to {args.dest}")
 
 
 if __name__ == "__main__":

@@ -308,11 +308,14 @@ def test_notebook_executes_headless(tiny_sweep, tmp_path):
     assert str(tiny_sweep) in text  # it read the sweep it was pointed at
 
 
-def test_publish_runs_copies_completed_records_only(tmp_path):
-    """scripts/publish_runs.py: the records of completed runs, at their relative paths; no
-    checkpoints, no unfinished runs, nothing under an --exclude folder; a bad folder is one line."""
+def test_publish_runs_copies_finished_records_only(tmp_path):
+    """scripts/publish_runs.py: the records of runs with a result (completed, diverged), at their
+    relative paths; no checkpoints, no unfinished runs, nothing under an --exclude folder; a bad
+    folder is one line."""
     src, dest = tmp_path / "logs", tmp_path / "published"
-    for rel, status in (("table2/a", "completed"), ("table2/b", "interrupted"), ("tuning/vit/c", "completed")):
+    runs = (("table2/a", "completed"), ("table2/b", "interrupted"), ("table2/c", "running"), ("table2/d", "diverged"),
+            ("tuning/vit/c", "completed"))  # fmt: skip
+    for rel, status in runs:
         run = src / rel
         (run / "checkpoints").mkdir(parents=True)
         (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
@@ -322,7 +325,9 @@ def test_publish_runs_copies_completed_records_only(tmp_path):
     proc = subprocess.run([*script, "--exclude", "tuning"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     published = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert published == ["table2/a/config.yaml", "table2/a/metrics.json"]
+    assert published == ["table2/a/config.yaml", "table2/a/metrics.json", "table2/d/config.yaml",
+                         "table2/d/metrics.json"]  # fmt: skip
+    assert proc.stdout.strip().splitlines()[-1] == f"2 finished runs published to {dest}"
     bad = subprocess.run([*script, "--exclude", "tunning"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
         f"No such folder in {src}: tunning (--exclude names a folder of SRC)"

@@ -314,7 +314,7 @@ def test_tiny_search_runs_and_its_rerun_skips(tmp_path, data_dir):
     for src, dest in ((tmp_path / "tuning", published), (published, fresh / "tuning")):
         copy = subprocess.run([sys.executable, "scripts/publish_runs.py", str(src), str(dest)], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert copy.returncode == 0 and "4 completed runs published" in copy.stdout, copy.stderr
+        assert copy.returncode == 0 and "4 finished runs published" in copy.stdout, copy.stderr
     assert not list(published.rglob("*.ckpt"))
     restored = [*args[: args.index("--log-dir") + 1], str(fresh), *tiny]
     again = subprocess.run(restored, cwd=ROOT, capture_output=True, text=True, timeout=600)
