@@ -71,6 +71,11 @@ def load_space(path: Path = SPACE_FILE) -> dict[str, Any]:
         raise ConfigError(f"Invalid setting trials={trials!r} in {path}: must be an integer >= 1.")
     if len(space.get("seeds") or []) < 1:
         raise ConfigError(f"Invalid setting seeds in {path}: list at least one seed (3 for an interval).")
+    if not isinstance(space.get("precision"), str):
+        raise ConfigError(
+            f"Invalid setting precision={space.get('precision')!r} in {path}: name the trainer.precision of "
+            "every tuning run (e.g. bf16-mixed or 32-true)."
+        )
     return space
 
 
@@ -147,7 +152,8 @@ def workload_config(space: dict[str, Any], workload: str) -> dict[str, Any]:
         raise ConfigError(
             f"Unknown workload {workload!r}: choose one of {', '.join(space['workloads'])} (conf/tuning/space.yaml)."
         )
-    return space["workloads"][workload]
+    wl = space["workloads"][workload]
+    return {**wl, "base": [*wl["base"], f"trainer.precision={space['precision']}"]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,6 +386,7 @@ def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
                     "weight_decay": float(trial.weight_decay),
                     "warmup_fraction": float(trial.warmup_fraction) if "warmup_fraction" in trial else None,
                     "train_seconds": metrics.get("train_seconds"),
+                    "precision": metrics.get("precision") or OmegaConf.select(cfg, "trainer.precision"),
                 }
             )
     return records
@@ -562,6 +569,13 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
     import pandas as pd
 
     wl = workload_config(space, workload)
+    precisions = recs["precision"].value_counts()
+    if len(precisions) > 1:  # one comparison, one arithmetic
+        counts = ", ".join(f"{n} runs in {p}" for p, n in precisions.items())
+        raise UserError(
+            f"The {workload} runs mix precisions ({counts}): compare runs of one precision (conf/tuning/space.yaml "
+            "sets it: precision); remove the others' run folders and run their jobs again."
+        )
     mode, monitor = recs["mode"].iloc[0], recs["monitor"].iloc[0]
     lines = ["", f"### {workload}: {' '.join(wl['base'])}", ""]
     # (a) budget curves

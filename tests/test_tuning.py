@@ -173,6 +173,9 @@ def test_bad_input_is_one_clear_error(tmp_path):
     bad.write_text("trials: 4\nseeds: [1]\ndimensions: {lr: {log_factor: [0, 10]}}\n")
     with pytest.raises(ConfigError, match="dimensions.lr"):
         tuning.load_space(bad)
+    bad.write_text("trials: 4\nseeds: [1]\ndimensions: {lr: {log_factor: [0.1, 10]}}\n")
+    with pytest.raises(ConfigError, match="Invalid setting precision=None in .*space.yaml: name the trainer.precision"):
+        tuning.load_space(bad)
 
 
 # --- the planned commands compose ---------------------------------------------------------------
@@ -193,6 +196,7 @@ def test_a_trial_composes_in_train_py(workload):
     cfg = yaml.safe_load(proc.stdout)
     assert rel(cfg["optimizer"]["lr"], first["lr"]) and rel(cfg["optimizer"]["weight_decay"], first["weight_decay"])
     assert cfg["trial"]["k"] == 1 and cfg["budget"] == "cpu" and cfg["study_config"] is None
+    assert cfg["trainer"]["precision"] == tuning.load_space()["precision"]  # not the machine's default
     if workload == "vit":
         assert cfg["trainer"]["max_epochs"] == 5 and cfg["data"]["train_subset"] == 5000  # the search budget
         assert rel(cfg["scheduler"]["warmup_fraction"] + 1, first["warmup_fraction"] + 1)
@@ -205,7 +209,8 @@ def test_a_trial_composes_in_train_py(workload):
 # --- the report on hand-made runs ---------------------------------------------------------------
 
 
-def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, steps_factor=None, status="completed"):
+def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, steps_factor=None, status="completed",
+              precision="bf16-mixed"):  # fmt: skip
     run = root / name
     run.mkdir(parents=True)
     trial = {"optimizer": optimizer, "stage": stage, "k": k, "lr": 1e-3, "weight_decay": 5e-4, "warmup_fraction": 0.05}
@@ -215,7 +220,7 @@ def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, step
            "optimizer": {"lr": 1e-3, "lr_scale": 2.0}, "trial": trial}  # fmt: skip
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     metrics = {"status": status, "task": "vit", "final": {"val/acc": score, "val/loss": loss},
-               "history": [{"epoch": 0, "step": steps}], "train_seconds": 1.0}  # fmt: skip
+               "history": [{"epoch": 0, "step": steps}], "train_seconds": 1.0, "precision": precision}  # fmt: skip
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -287,6 +292,11 @@ def test_report_on_hand_made_runs(tmp_path):
     assert "| sgd | 3 of 16 (1 failed) | 0.4 | 0.3 |" in md.read_text()
     assert "## Optimizers, tuned equally" in md.read_text()
     assert (tmp_path / "out" / "tuning_vit_budget.png").stat().st_size > 0
+    # one comparison, one arithmetic: a run of another precision (a machine's default) is refused
+    _fake_run(logs / "search" / "lion", "s0", optimizer="lion", stage="search", k=0, seed=0, score=0.5, loss=1.0,
+              steps=50, precision="32-true")  # fmt: skip
+    with pytest.raises(UserError, match=r"The vit runs mix precisions \(\d+ runs in bf16-mixed, 1 runs in 32-true\)"):
+        tuning.report([logs], tmp_path / "out", bench)
 
 
 # --- a tiny search, end to end -----------------------------------------------------------------
