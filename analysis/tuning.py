@@ -37,6 +37,7 @@ from scipy.stats import qmc
 
 from analysis.stats import LEVEL, compare_metric, holm, summarize
 from lmvit.errors import ConfigError, UserError
+from lmvit.resume import publish_records
 from lmvit.runs import effective_lr, find_run_dirs, read_config, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,9 +426,13 @@ def done_jobs(sweep: Sweep) -> set[tuple]:
     }
 
 
-def run_stage(sweeps: list[Sweep], python: str = sys.executable, dry_run: bool = False) -> list[str]:
+def run_stage(
+    sweeps: list[Sweep], python: str = sys.executable, dry_run: bool = False, publish: Path | None = None
+) -> list[str]:
     """Launch each sweep whose jobs do not all have a result (the same command as before, so a
-    resumable sweep skips what completed). Returns what was done, one line per sweep."""
+    resumable sweep skips what completed). With ``publish``, after each sweep the records of its
+    finished runs go to ``publish/<workload>/<stage>/<optimizer>`` (lmvit.resume.publish_records:
+    kept in the repository, they outlast the log folder). Returns what was done, one line per sweep."""
     lines = []
     for sweep in sweeps:
         missing = sweep.jobs() - done_jobs(sweep)
@@ -443,6 +448,11 @@ def run_stage(sweeps: list[Sweep], python: str = sys.executable, dry_run: bool =
         if rc != 0:  # a trial failed or diverged (a result), or the sweep stopped: the next ones still run
             lines.append(f"{sweep.stage} {sweep.optimizer}: train.py exited {rc}; rerun the same command to continue")
             print(lines[-1], file=sys.stderr, flush=True)
+        if publish is not None:
+            target = Path(publish) / sweep.workload / sweep.stage / sweep.optimizer
+            n = len(publish_records(sweep.sweep_dir, target)) if sweep.sweep_dir.is_dir() else 0
+            lines.append(f"{sweep.stage} {sweep.optimizer}: {n} finished runs published to {target}")
+            print(lines[-1], flush=True)
     return lines
 
 
@@ -776,6 +786,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--log-dir", default="logs", help="sweeps go to <log-dir>/tuning/<workload>/<stage>/<optimizer>")
         p.add_argument("--optimizers", default=None, help="comma-separated (default: every conf/optimizer/*.yaml)")
         p.add_argument("--trials", type=int, default=None, help="the first N trials only (default: the space's)")
+        if cmd == "run":
+            p.add_argument(
+                "--publish",
+                type=Path,
+                default=None,
+                metavar="DIR",
+                help="after each sweep, its finished runs' records go to DIR/<workload>/<stage>/<optimizer>",
+            )
     p = sub.add_parser("status", help="how far a workload's stages got (jobs with a result, hours left)")
     p.add_argument("workload", help="a workload of conf/tuning/space.yaml: vit | lstm")
     p.add_argument("--log-dir", default="logs", help="as given to run")
@@ -801,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.cmd == "plan":
                 print("\n".join(s.command() for s in sweeps))
             else:
-                run_stage(sweeps)
+                run_stage(sweeps, publish=args.publish)
                 left = {s.optimizer: len(s.jobs() - done_jobs(s)) for s in sweeps}
                 if any(left.values()):  # interrupted: the next stage needs every result of this one
                     unfinished = ", ".join(f"{o} {n}" for o, n in left.items() if n)

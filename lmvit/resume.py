@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError
-from lmvit.runs import check_checkpoint, load_metrics, read_hydra
+from lmvit.runs import check_checkpoint, find_run_dirs, load_metrics, read_hydra, read_metrics
 
 # what a rerun sweep does with a job it finds in its directory, by the job's metrics.json status
 FINISHED = ("completed",)  # skipped
 FAILED = ("failed", "diverged")  # skipped, or started again with rerun_failed=true
+# what a published run keeps (the reports read these; no checkpoints, no event files)
+RECORDS = ("metrics.json", "config.yaml", "dynamics.jsonl")
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -99,3 +102,27 @@ def nothing_left(cfg: DictConfig, previous: dict) -> bool:
     steps_done = (previous.get("history") or [{}])[-1].get("step", 0)
     epochs_done = previous.get("epochs", 0) >= (cfg.trainer.max_epochs or 0)
     return epochs_done and (max_steps in (-1, None) or steps_done >= max_steps)
+
+
+def publish_records(src: Path, dest: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
+    """Copy the records of every run below ``src`` that has its result (:data:`FINISHED` or
+    :data:`FAILED`: what a rerun sweep skips) to the same relative path below ``dest``:
+    :data:`RECORDS` and ``.hydra/``. A record copied before is replaced; runs still running or
+    stopped, and runs below an ``exclude`` folder of ``src``, are left out. Copied back into an
+    empty log folder, published records make a rerun sweep skip those runs. Returns the targets."""
+    src, copied = Path(src), []
+    skip = [(src / folder).resolve() for folder in exclude]
+    for run in find_run_dirs(src):
+        if (read_metrics(run) or {}).get("status") not in FINISHED + FAILED:
+            continue
+        if any(run.resolve().is_relative_to(folder) for folder in skip):
+            continue
+        target = Path(dest) / run.relative_to(src.resolve())
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RECORDS:
+            if (run / name).is_file():
+                shutil.copy2(run / name, target / name)
+        if (run / ".hydra").is_dir():
+            shutil.copytree(run / ".hydra", target / ".hydra", dirs_exist_ok=True)
+        copied.append(target)
+    return copied

@@ -17,35 +17,12 @@ continues a study: its rerun sweeps skip every published run (scripts/study_cpu.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmvit.resume import FAILED, FINISHED  # noqa: E402
-from lmvit.runs import find_run_dirs, read_metrics  # noqa: E402
-
-RECORDS = ("metrics.json", "config.yaml", "dynamics.jsonl")
-
-
-def publish(src: Path, dest: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
-    copied = []
-    skip = [(src / folder).resolve() for folder in exclude]
-    for run in find_run_dirs(src):
-        if (read_metrics(run) or {}).get("status") not in FINISHED + FAILED:
-            continue
-        if any(run.resolve().is_relative_to(folder) for folder in skip):
-            continue
-        target = dest / run.relative_to(src.resolve())
-        target.mkdir(parents=True, exist_ok=True)
-        for name in RECORDS:
-            if (run / name).is_file():
-                shutil.copy2(run / name, target / name)
-        if (run / ".hydra").is_dir():
-            shutil.copytree(run / ".hydra", target / ".hydra", dirs_exist_ok=True)
-        copied.append(target)
-    return copied
+from lmvit.resume import publish_records  # noqa: E402
 
 
 def main() -> None:
@@ -59,7 +36,7 @@ def main() -> None:
     missing = [f for f in args.exclude if not (args.src / f).is_dir()]
     if missing:
         sys.exit(f"No such folder in {args.src}: {', '.join(missing)} (--exclude names a folder of SRC)")
-    copied = publish(args.src, args.dest, tuple(args.exclude))
+    copied = publish_records(args.src.resolve(), args.dest, tuple(args.exclude))
     for target in copied:
         print(target)
     print(f"{len(copied)} finished runs published to {args.dest}")

@@ -309,7 +309,8 @@ def test_tiny_search_runs_and_its_rerun_skips(tmp_path, data_dir):
             f"paths.log_dir={tmp_path}", f"data.data_dir={data_dir}"]  # fmt: skip
     args = [sys.executable, "-m", "analysis.tuning", "run", "vit", "--stage", "search", "--optimizers", "adamw,sgd",
             "--trials", "2", "--log-dir", str(tmp_path), *tiny]  # fmt: skip
-    first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    published, fresh = tmp_path / "published", tmp_path / "fresh"
+    first = subprocess.run([*args, "--publish", str(published)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stderr[-4000:]
     records = tuning.load_records([tmp_path / "tuning" / "vit" / "search"])
     assert sorted((r["optimizer"], r["k"]) for r in records) == [("adamw", "0"), ("adamw", "1"), ("sgd", "0"),
@@ -318,14 +319,16 @@ def test_tiny_search_runs_and_its_rerun_skips(tmp_path, data_dir):
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("jobs done, skipped") == 2, again.stdout
     assert len(tuning.load_records([tmp_path / "tuning" / "vit" / "search"])) == 4
+    # --publish: after each sweep its records went to <publish>/<workload>/<stage>/<optimizer>, no checkpoint
+    assert first.stdout.count("finished runs published to") == 2, first.stdout
+    assert sorted(p.parent.parent.relative_to(published).as_posix() for p in published.rglob("metrics.json")) == [
+        "vit/search/adamw", "vit/search/adamw", "vit/search/sgd", "vit/search/sgd"]  # fmt: skip
+    assert not list(published.rglob("*.ckpt")) and not list(published.rglob("events.out.*"))
     # a fresh clone (scripts/study_cpu.sh, step 0): the published records copied back into an empty log
     # folder are results, and the rerun trains nothing
-    published, fresh = tmp_path / "published", tmp_path / "fresh"
-    for src, dest in ((tmp_path / "tuning", published), (published, fresh / "tuning")):
-        copy = subprocess.run([sys.executable, "scripts/publish_runs.py", str(src), str(dest)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert copy.returncode == 0 and "4 finished runs published" in copy.stdout, copy.stderr
-    assert not list(published.rglob("*.ckpt"))
+    copy = subprocess.run([sys.executable, "scripts/publish_runs.py", str(published), str(fresh / "tuning")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert copy.returncode == 0 and "4 finished runs published" in copy.stdout, copy.stderr
     restored = [*args[: args.index("--log-dir") + 1], str(fresh), *tiny]
     again = subprocess.run(restored, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("jobs done, skipped") == 2, again.stdout
