@@ -10,7 +10,7 @@ PY=${PYTHON:-.venv/bin/python}
 DIR=${STUDY_DIR:-logs/study}
 QUIET=(callbacks.progress_bar=null)
 # 0. The published records (docs/results/cpu/) copied back into $DIR: on a fresh clone every run
-#    published before counts as completed below and is skipped, so the study continues where the
+#    published before has its result below and is skipped, so the study continues where the
 #    repository's records stop. Publish what finished before the machine goes (REPRODUCTION.md).
 restore() { if [ -d "$1" ]; then "$PY" scripts/publish_runs.py "$1" "$2" | tail -1; fi; }
 restore docs/results/cpu/runs "$DIR"
@@ -27,6 +27,7 @@ T2=table2_2_adamw,table2_6_adamw_6l,table2_7_adamw_6l_post,table2_1_adam,table2_
 "$PY" train.py -m 'experiment=glob(table1_*)' seed=1,2,3 budget=cpu data=wikitext2_offline "${QUIET[@]}" \
   hydra.sweep.dir="$DIR/table1"
 # 4. Optimizers, tuned equally (docs/optimizer-tuning.md): search, confirm with seeds 1-3, AdamW's
-#    speed-up runs; about 12 h for the ViT and 13 h for the LSTM; resumable like the sweeps above
-"$PY" -m analysis.tuning run vit --log-dir "$DIR" "${QUIET[@]}"
-"$PY" -m analysis.tuning run lstm --log-dir "$DIR" "${QUIET[@]}"
+#    speed-up runs; about 12 h for the ViT and 13 h for the LSTM; resumable like the sweeps above;
+#    each sweep's finished runs are published to docs/results/cpu/tuning/runs as it ends (commit them)
+"$PY" -m analysis.tuning run vit --log-dir "$DIR" --publish docs/results/cpu/tuning/runs "${QUIET[@]}"
+"$PY" -m analysis.tuning run lstm --log-dir "$DIR" --publish docs/results/cpu/tuning/runs "${QUIET[@]}"
