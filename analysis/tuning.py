@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import shlex
+import signal
 import subprocess
 import sys
 import warnings
@@ -444,7 +445,7 @@ def run_stage(
         print(lines[-1], flush=True)
         if dry_run:
             continue
-        rc = subprocess.run([python, *sweep.argv()], cwd=ROOT, check=False).returncode
+        rc, stopped = _run_sweep([python, *sweep.argv()])
         if rc != 0:  # a trial failed or diverged (a result), or the sweep stopped: the next ones still run
             lines.append(f"{sweep.stage} {sweep.optimizer}: train.py exited {rc}; rerun the same command to continue")
             print(lines[-1], file=sys.stderr, flush=True)
@@ -453,7 +454,29 @@ def run_stage(
             n = len(publish_records(sweep.sweep_dir, target)) if sweep.sweep_dir.is_dir() else 0
             lines.append(f"{sweep.stage} {sweep.optimizer}: {n} finished runs published to {target}")
             print(lines[-1], flush=True)
+        if stopped is not None:  # no next sweep: the whole command was told to stop
+            print(f"Stopped ({signal.Signals(stopped).name}); rerun the same command to continue", file=sys.stderr)
+            raise SystemExit(128 + stopped)
     return lines
+
+
+def _run_sweep(argv: list[str]) -> tuple[int, int | None]:
+    """Run one sweep to its end: (its exit code, the signal that stopped this command, if one did).
+
+    A SIGTERM or Ctrl-C to the process group reaches the sweep too, which then saves its running job
+    where it stands (resumable) and exits; this process waits for that instead of dying first (or,
+    as ``subprocess.run`` does on Ctrl-C, killing the sweep mid-save), so what finished is published."""
+    stopped: list[int] = []
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in handlers:
+        signal.signal(sig, lambda signum, frame: stopped.append(signum))
+    try:
+        with subprocess.Popen(argv, cwd=ROOT) as proc:
+            rc = proc.wait()  # resumed after each signal (PEP 475) until the sweep exits
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return rc, stopped[0] if stopped else None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -340,6 +340,45 @@ def test_tiny_search_runs_and_its_rerun_skips(tmp_path, data_dir):
         assert sweep.sweep_dir == tmp_path / "tuning" / "vit" / "confirm" / sweep.optimizer
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_group_publishes_what_finished_and_the_rerun_continues(tmp_path, data_dir):
+    """A SIGTERM to the command's process group (how a session or a scheduler stops it): the running
+    job saves where it stands, the command waits for that, publishes the finished runs, says how to
+    continue and exits 143; the same command then resumes the stopped job and finishes."""
+    import signal
+    import time
+
+    tiny = ["trainer.limit_train_batches=20", "trainer.limit_val_batches=2", "trainer.max_epochs=1",
+            "trainer.precision=32-true",  # fast on every CPU (bf16 is slow without bf16 instructions)
+            "data.train_subset=2560", "data.num_workers=0", "test=false", "logger=csv",
+            f"paths.log_dir={tmp_path}", f"data.data_dir={data_dir}"]  # fmt: skip
+    published = tmp_path / "published"
+    args = [sys.executable, "-m", "analysis.tuning", "run", "vit", "--stage", "search", "--optimizers", "adamw",
+            "--trials", "2", "--log-dir", str(tmp_path), "--publish", str(published), *tiny]  # fmt: skip
+    sweep = tmp_path / "tuning" / "vit" / "search" / "adamw"
+
+    def statuses() -> list[str]:
+        return sorted(str((json.loads(m.read_text()) or {}).get("status")) for m in sweep.rglob("metrics.json"))
+
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 900
+    while statuses() != ["completed", "running"]:  # the first trial done, the second one training
+        assert proc.poll() is None and time.monotonic() < deadline, statuses()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Stopped (SIGTERM); rerun the same command to continue" in err
+    assert "search adamw: 1 finished runs published to" in out
+    assert statuses() == ["completed", "interrupted"]  # the second one saved where it stood
+    assert len(list(published.rglob("metrics.json"))) == 1
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "search adamw: 1 of 2 jobs to run" in again.stdout and statuses() == ["completed", "completed"]
+    assert len(list(published.rglob("metrics.json"))) == 2
+
+
 def test_a_stage_with_failed_trials_goes_on_to_the_next(tmp_path, monkeypatch, capsys):
     """A diverged search trial is a result (its sweep exits 1, as any sweep with a failed job): the
     confirm stage still runs; a stage left with jobs without a result stops the command with one line."""
