@@ -389,6 +389,7 @@ def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
                     "warmup_fraction": float(trial.warmup_fraction) if "warmup_fraction" in trial else None,
                     "train_seconds": metrics.get("train_seconds"),
                     "precision": metrics.get("precision") or OmegaConf.select(cfg, "trainer.precision"),
+                    "device": (history[-1].get("time/device") if history else None) or "unknown",
                 }
             )
     return records
@@ -548,21 +549,27 @@ def summarize_speedup(per_seed: dict[int, tuple[float, str]], level: float = LEV
     return out
 
 
-def step_time_ratios(bench_file: Path | None, workload: str) -> dict[str, float]:
-    """Time per step relative to AdamW (paired) on ``workload``'s model, from the last ``optimizers``
-    line of bench/optimizers.py's JSON lines with that ``workload``; {} when there is none. (A line
-    without one times the ViT in fp32, not a tuning run's step: it is not used.)"""
+def bench_line(bench_file: Path | None, workload: str) -> dict[str, Any]:
+    """The last ``optimizers`` line of bench/optimizers.py's JSON lines with ``workload``; {} when
+    there is none. (A line without one times the ViT in fp32, not a tuning run's step: not used.)"""
     if bench_file is None or not Path(bench_file).is_file():
         return {}
-    ratios: dict[str, float] = {}
+    found: dict[str, Any] = {}
     for line in Path(bench_file).read_text().splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
         if rec.get("bench") == "optimizers" and rec.get("workload") == workload:
-            ratios = {rec["baseline"]: 1.0, **rec.get("paired_ratio", {})}
-    return ratios
+            found = rec
+    return found
+
+
+def step_time_ratios(bench_file: Path | None, workload: str) -> dict[str, float]:
+    """Time per step relative to AdamW (paired) on ``workload``'s model, from :func:`bench_line`;
+    {} when there is none."""
+    rec = bench_line(bench_file, workload)
+    return {rec["baseline"]: 1.0, **rec.get("paired_ratio", {})} if rec else {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -588,13 +595,16 @@ def report(paths: list[str | Path], out: str | Path, bench_file: Path | None = N
         f"seeds, {LEVEL:.0%} t interval of the logs)."
     )
     for workload, wrecs in recs.groupby("workload"):
-        lines += _workload_section(workload, wrecs, space, out, step_time_ratios(bench_file, workload))
+        machine = (bench_line(bench_file, workload).get("machine") or {}).get("cpu_model")
+        lines += _workload_section(workload, wrecs, space, out, step_time_ratios(bench_file, workload), machine)
     md = out / "optimizer_tuning.md"
     md.write_text("\n".join(lines) + "\n")
     return md
 
 
-def _workload_section(workload, recs, space, out: Path, times: dict[str, float]) -> list[str]:
+def _workload_section(
+    workload, recs, space, out: Path, times: dict[str, float], bench_machine: str | None = None
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -611,6 +621,11 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
         )
     mode, monitor = recs["mode"].iloc[0], recs["monitor"].iloc[0]
     lines = ["", f"### {workload}: {' '.join(wl['base'])}", ""]
+    machines = recs["device"].value_counts()  # accuracies compare across CPUs; seconds do not
+    lines += [
+        "Runs made on: " + "; ".join(f"{d}: {n} runs" for d, n in sorted(machines.items())) + ".",
+        "",
+    ]
     # (a) budget curves
     search = recs[(recs.stage == "search") & recs.status.isin(DONE)]  # a running trial has no result yet
     curves = []
@@ -703,7 +718,9 @@ def _workload_section(workload, recs, space, out: Path, times: dict[str, float])
         "else inconclusive. "
         + (
             f"Wall-clock: the step speed-up / the time per step relative to {ref} on this workload's model "
-            f"(`bench/optimizers.py --workload {workload}`, paired)."
+            f"(`bench/optimizers.py --workload {workload}`, paired"
+            + (f", measured on {bench_machine}" if bench_machine else "")
+            + ")."
             if times
             else f"Wall-clock: n/a without a `--bench` file with a line of `bench/optimizers.py --workload {workload}`."
         )

@@ -80,8 +80,11 @@ def paired(variants: dict[str, Callable[[], float]], repeats: int, warmup: int =
 
 
 def machine(device: str | torch.device = "cpu") -> dict:
+    from lmvit.hardware import cpu_name
+
     info = {
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_name(),  # which CPU (family/model, bf16): a ratio holds for runs on that CPU
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2),

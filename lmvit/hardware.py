@@ -29,6 +29,20 @@ def cpuinfo() -> dict[str, str]:
     return fields
 
 
+def cpu_name() -> str:
+    """The CPU's model name and, after it, vendor, family/model and bf16 instructions from
+    ``/proc/cpuinfo`` (a virtual machine's model name, e.g. "Intel(R) Xeon(R) Processor", can name
+    CPUs that differ in speed and instructions); "" where there is no /proc/cpuinfo."""
+    info = cpuinfo()
+    if not info:
+        return ""
+    bf16 = [f for f in BF16_FLAGS if f in cpu_flags()]
+    return (
+        f"{info.get('model name', 'unknown CPU')} ({info.get('vendor_id', '?')} "
+        f"{info.get('cpu family', '?')}/{info.get('model', '?')}, {'+'.join(bf16) or 'no bf16'})"
+    )
+
+
 def cpu_flags() -> set[str]:
     return set(cpuinfo().get("flags", "").split())
 

@@ -9,9 +9,10 @@ import functools
 import pytest
 import torch
 
+from lightning_modules.callbacks.timing import device_name
 from lightning_modules.optim import build_optimizer, kernel_in_use, optimizer_kernel
 from lmvit.errors import ConfigError
-from lmvit.hardware import BF16_FLAGS, auto_precision, bf16_capable, cpuinfo, peak_flops
+from lmvit.hardware import BF16_FLAGS, auto_precision, bf16_capable, cpu_name, cpuinfo, peak_flops
 
 
 @pytest.mark.parametrize("flag", BF16_FLAGS)
@@ -30,6 +31,20 @@ def test_a_cpu_without_them_falls_back_to_fp32_by_its_flags():
 @pytest.mark.parametrize(("accelerator", "cuda"), [("gpu", False), ("cuda", True), ("auto", True)])
 def test_a_gpu_keeps_the_study_fp32(accelerator, cuda):
     assert auto_precision(accelerator, cuda_available=cuda, flags=set(BF16_FLAGS))[0] == "32-true"
+
+
+def test_the_cpu_is_named_with_its_family_model_and_bf16_instructions():
+    """A virtual machine's model name alone ("Intel(R) Xeon(R) Processor") can name CPUs of different
+    speed: runs (time/device) and benchmarks record family/model and the bf16 instructions too."""
+    fields = {}  # the first processor's block of /proc/cpuinfo, read here independently
+    for line in open("/proc/cpuinfo", encoding="utf-8").read().split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in fields["flags"].split()]
+    want = f"{fields['model name']} ({fields['vendor_id']} {fields['cpu family']}/{fields['model']}, "
+    assert cpu_name() == want + ("+".join(bf16) or "no bf16") + ")"
+    if not torch.cuda.is_available():
+        assert device_name() == cpu_name()
 
 
 def test_peak_is_cores_times_clock_times_flops_per_cycle():

@@ -210,7 +210,7 @@ def test_a_trial_composes_in_train_py(workload):
 
 
 def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, steps_factor=None, status="completed",
-              precision="bf16-mixed"):  # fmt: skip
+              precision="bf16-mixed", device="CPU A"):  # fmt: skip
     run = root / name
     run.mkdir(parents=True)
     trial = {"optimizer": optimizer, "stage": stage, "k": k, "lr": 1e-3, "weight_decay": 5e-4, "warmup_fraction": 0.05}
@@ -220,7 +220,8 @@ def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, step
            "optimizer": {"lr": 1e-3, "lr_scale": 2.0}, "trial": trial}  # fmt: skip
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     metrics = {"status": status, "task": "vit", "final": {"val/acc": score, "val/loss": loss},
-               "history": [{"epoch": 0, "step": steps}], "train_seconds": 1.0, "precision": precision}  # fmt: skip
+               "history": [{"epoch": 0, "step": steps, "time/device": device}], "train_seconds": 1.0,
+               "precision": precision}  # fmt: skip
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -229,7 +230,7 @@ def test_report_on_hand_made_runs(tmp_path):
     for opt, scores in {"adamw": [0.5, 0.6], "sgd": [0.3, 0.4]}.items():
         for k, s in enumerate(scores):
             _fake_run(logs / "search" / opt, f"s{k}", optimizer=opt, stage="search", k=k, seed=0, score=s, loss=1.0,
-                      steps=50)  # fmt: skip
+                      steps=50, device="CPU B" if opt == "sgd" else "CPU A")  # fmt: skip
     # trial 2 still running: no result yet, neither a trial nor a failure; trial 3 diverged: a result,
     # scored the failed score (chance accuracy)
     for k, status in ((2, "running"), (3, "diverged")):
@@ -257,7 +258,13 @@ def test_report_on_hand_made_runs(tmp_path):
     lines = [  # the last line of the workload counts; another workload's, or one without, does not
         {"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.5}},
         {"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.6}, "workload": "vit"},
-        {"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.8}, "workload": "vit"},
+        {
+            "bench": "optimizers",
+            "baseline": "adamw",
+            "paired_ratio": {"sgd": 0.8},
+            "workload": "vit",
+            "machine": {"cpu_model": "CPU A (GenuineIntel 6/1, amx_bf16)"},
+        },
         {"bench": "optimizers", "baseline": "adamw", "paired_ratio": {"sgd": 0.7}, "workload": "lstm"},
     ]
     bench.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -291,6 +298,9 @@ def test_report_on_hand_made_runs(tmp_path):
     assert rel(search.loc["sgd", "best_val/acc"], 0.4) and rel(search.loc["sgd", "median_val/acc"], 0.3)
     assert "| sgd | 3 of 16 (1 failed) | 0.4 | 0.3 |" in md.read_text()
     assert "## Optimizers, tuned equally" in md.read_text()
+    # the CPUs the runs were made on, and the one the time per step was measured on
+    assert "Runs made on: CPU A: 28 runs; CPU B: 2 runs." in md.read_text()
+    assert "paired, measured on CPU A (GenuineIntel 6/1, amx_bf16))." in md.read_text()
     assert (tmp_path / "out" / "tuning_vit_budget.png").stat().st_size > 0
     # one comparison, one arithmetic: a run of another precision (a machine's default) is refused
     _fake_run(logs / "search" / "lion", "s0", optimizer="lion", stage="search", k=0, seed=0, score=0.5, loss=1.0,

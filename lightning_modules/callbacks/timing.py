@@ -8,7 +8,6 @@ import resource
 import socket
 import sys
 import time
-from functools import cache
 
 import pytorch_lightning as pl
 import torch
@@ -42,16 +41,12 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-@cache
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    """The CPU's model name with its family/model and bf16 instructions (``/proc/cpuinfo``:
+    :func:`lmvit.hardware.cpu_name`), else ``platform.processor()``."""
+    from lmvit.hardware import cpu_name
+
+    return cpu_name() or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def device_name() -> str:
