@@ -13,7 +13,8 @@ Each epoch of a run records the machine it ran on in ``metrics.json``'s history
    or a set of cores can leave the load average low on a many-core machine.
 
 A time comparison is decided only when every run on both sides was measured alone and all ran on
-one kind of device (``time/device``: the GPU's or the CPU's model name); a memory comparison only
+one kind of device (``time/device``: the GPU's name, or the CPU's model name with its family/model and
+bf16 instructions); a memory comparison only
 on one kind of device. Otherwise the check is "not tested" with the reason.
 """
 
