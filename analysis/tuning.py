@@ -280,11 +280,20 @@ def plan(
 
 
 def status(
-    workload: str, log_dir: str | Path = "logs", optimizers: list[str] | None = None, space: dict | None = None
+    workload: str,
+    log_dir: str | Path = "logs",
+    optimizers: list[str] | None = None,
+    space: dict | None = None,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
     """How far a workload's tuning got: per stage and optimizer, the jobs planned, those with a result
     (``failed`` of them failed or diverged), those stopped or running, and the median seconds of
-    the completed ones (``train_seconds``). Reads the runs only: no plan, so it works mid-search."""
+    the completed ones (``train_seconds``) made on ``device`` (default: this machine's CPU, as runs
+    record it in ``time/device``; ``timed_here`` says so), else of all of them. Reads the runs
+    only: no plan, so it works mid-search."""
+    from lmvit.hardware import cpu_name
+
+    device = device if device is not None else cpu_name()
     space = space or load_space()
     workload_config(space, workload)
     names = optimizers or optimizer_names(reference=space["reference"])
@@ -298,7 +307,9 @@ def status(
         for name in names if stage != "speedup" else [space["reference"]]:
             recs = load_records([Path(log_dir) / "tuning" / workload / stage / name])
             done = {(r["k"], r["steps_factor"], r["seed"]): r for r in recs if r["status"] in DONE}
-            seconds = [r["train_seconds"] for r in done.values() if r["status"] == "completed" and r["train_seconds"]]
+            timed = [r for r in done.values() if r["status"] == "completed" and r["train_seconds"]]
+            here = [r for r in timed if r["device"] == device]  # a run's seconds hold for its own CPU
+            seconds = [r["train_seconds"] for r in (here or timed)]
             rows.append(
                 {
                     "stage": stage,
@@ -308,6 +319,7 @@ def status(
                     "failed": sum(r["status"] != "completed" for r in done.values()),
                     "unfinished": sum(r["status"] not in DONE for r in recs),
                     "median_seconds": float(np.median(seconds)) if seconds else math.nan,
+                    "timed_here": bool(here),
                 }
             )
     return rows
@@ -320,13 +332,15 @@ def status_text(workload: str, rows: list[dict[str, Any]]) -> str:
         rs = [r for r in rows if r["stage"] == stage]
         planned, done = sum(r["planned"] for r in rs), sum(r["done"] for r in rs)
         failed, unfinished = sum(r["failed"] for r in rs), sum(r["unfinished"] for r in rs)
-        seconds = [r["median_seconds"] for r in rs if math.isfinite(r["median_seconds"])]
+        here = [r["median_seconds"] for r in rs if r["timed_here"]]
+        seconds = here or [r["median_seconds"] for r in rs if math.isfinite(r["median_seconds"])]
         line = f"{workload} {stage}: {done} of {planned} jobs have a result"
         line += f" ({failed} failed or diverged)" if failed else ""
         line += f", {unfinished} stopped or running" if unfinished else ""
         if seconds and done < planned:
             left = float(np.median(seconds)) * (planned - done)
-            line += f"; about {left / 3600:.1f} h left at the median {np.median(seconds):.0f} s a run"
+            where = "on this CPU" if here else "on other CPUs"
+            line += f"; about {left / 3600:.1f} h left at the median {np.median(seconds):.0f} s a run {where}"
         lines.append(line)
         todo = [f"{r['optimizer']} {r['done']}/{r['planned']}" for r in rs if r["done"] < r["planned"]]
         if todo and done:

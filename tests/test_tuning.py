@@ -210,7 +210,7 @@ def test_a_trial_composes_in_train_py(workload):
 
 
 def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, steps_factor=None, status="completed",
-              precision="bf16-mixed", device="CPU A"):  # fmt: skip
+              precision="bf16-mixed", device="CPU A", seconds=1.0):  # fmt: skip
     run = root / name
     run.mkdir(parents=True)
     trial = {"optimizer": optimizer, "stage": stage, "k": k, "lr": 1e-3, "weight_decay": 5e-4, "warmup_fraction": 0.05}
@@ -220,7 +220,7 @@ def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, step
            "optimizer": {"lr": 1e-3, "lr_scale": 2.0}, "trial": trial}  # fmt: skip
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     metrics = {"status": status, "task": "vit", "final": {"val/acc": score, "val/loss": loss},
-               "history": [{"epoch": 0, "step": steps, "time/device": device}], "train_seconds": 1.0,
+               "history": [{"epoch": 0, "step": steps, "time/device": device}], "train_seconds": seconds,
                "precision": precision}  # fmt: skip
     (run / "metrics.json").write_text(json.dumps(metrics))
 
@@ -453,11 +453,22 @@ def test_status_counts_the_jobs_with_a_result(tmp_path):
                   loss=1.0, steps=50, status=status)  # fmt: skip
     _fake_run(logs / "confirm" / "adamw", "c1", optimizer="adamw", stage="confirm", k=1, seed=1, score=0.5, loss=1.0,
               steps=50)  # fmt: skip
-    rows = {(r["stage"], r["optimizer"]): r for r in tuning.status("vit", tmp_path, ["adamw", "sgd"])}
+    _fake_run(logs / "search" / "sgd", "s0", optimizer="sgd", stage="search", k=0, seed=0, score=0.5, loss=1.0,
+              steps=50, device="CPU B", seconds=9.0)  # fmt: skip
+    rows = {(r["stage"], r["optimizer"]): r for r in tuning.status("vit", tmp_path, ["adamw", "sgd"], device="CPU A")}
     space = tuning.load_space()
     search = rows[("search", "adamw")]
     assert (search["planned"], search["done"], search["failed"], search["unfinished"]) == (space["trials"], 3, 1, 1)
-    assert search["median_seconds"] == 1.0  # the two completed ones (train_seconds 1.0)
+    assert search["median_seconds"] == 1.0 and search["timed_here"]  # the two completed ones (train_seconds 1.0)
+    # SGD's only run was made on another CPU: its seconds, said so, and not mixed into this CPU's estimate
+    assert rows[("search", "sgd")]["median_seconds"] == 9.0 and not rows[("search", "sgd")]["timed_here"]
+    left = (2 * space["trials"] - 4) * 1.0 / 3600
+    text = tuning.status_text("vit", list(rows.values()))
+    assert f"about {left:.1f} h left at the median 1 s a run on this CPU" in text
+    other = tuning.status("vit", tmp_path, ["adamw", "sgd"], device="CPU C")
+    assert "at the median 5 s a run on other CPUs" in tuning.status_text("vit", other)  # median of 1 and 9
+    (logs / "search" / "sgd" / "s0" / "metrics.json").unlink()
+    rows = {(r["stage"], r["optimizer"]): r for r in tuning.status("vit", tmp_path, ["adamw", "sgd"], device="CPU A")}
     assert rows[("search", "sgd")]["done"] == 0 and math.isnan(rows[("search", "sgd")]["median_seconds"])
     assert rows[("confirm", "adamw")]["done"] == 1 and rows[("confirm", "adamw")]["planned"] == 2 * len(space["seeds"])
     assert [o for s, o in rows if s == "speedup"] == [space["reference"]]
