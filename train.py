@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 import pytorch_lightning as pl
@@ -26,7 +27,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 import lmvit.resolvers  # noqa: F401  (registers the ${lmvit.*} resolvers of conf/hydra)
 from lightning_modules.callbacks import RunSummary
 from lightning_modules.callbacks.hooks import skip_inherited_batch_hooks
-from lightning_modules.callbacks.stop import StopCheckpoint
+from lightning_modules.callbacks.stop import StopCheckpoint, StopLatch
 from lightning_modules.callbacks.timing import usable_cpus
 from lightning_modules.optim import optimizer_kernel
 from lmvit.cli import ErrorPolicy, allow_null_groups, quiet_libraries, refuse_unknown_choices
@@ -39,7 +40,13 @@ log = logging.getLogger("train")
 
 
 def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> float | None:
-    """Fit (and test) one configuration; returns the best value of the monitored metric."""
+    """Fit (and test) one configuration; returns the best value of the monitored metric. A SIGTERM
+    stops it at the next safe point and exits 128 + 15, whenever it lands (``StopLatch``)."""
+    with StopLatch() as latch:
+        return _train(cfg, summary, choices, latch)
+
+
+def _train(cfg: DictConfig, summary: RunSummary, choices: dict | None, latch: StopLatch) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     print_config(cfg, save_to=None if cfg.resume else output_dir / "config.yaml")
     pl.seed_everything(cfg.seed, workers=True)
@@ -61,24 +68,58 @@ def train(cfg: DictConfig, summary: RunSummary, choices: dict | None = None) -> 
         stop.resume_hint = resume_command(cfg)
     for logger in loggers:  # HParams tab: the run shows with its hyperparameters from the start
         logger.log_hyperparams(run_hparams(cfg, choices))
+    if latch.signal is not None:  # stopped while setting up: nothing trained, a rerun starts it afresh
+        log.warning("Stopped by SIGTERM before training started; continue with: %s", resume_command(cfg))
+        raise SystemExit(latch.exit_code)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except SIGTERMException:  # stopped: checkpoint saved, metrics.json says interrupted
-        # loader workers ignore SIGTERM (so a signal to the whole group cannot kill them before the
-        # checkpoint): end them here, or multiprocessing's exit handler waits for them forever
-        for worker in multiprocessing.active_children():
-            worker.kill()
-        raise SystemExit(stop.exit_code if stop is not None else 143) from None
+        stopped(stop)
     if summary.summary["status"] != "completed":  # fit stopped early (e.g. Ctrl-C)
         return None
+    if cfg.test and latch.signal is not None:  # the stop landed after training's last check: no test now
+        stop_before_test(trainer, summary, stop, latch, cfg)
     if cfg.test:
         has_best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
-        trainer.test(model, datamodule=datamodule, ckpt_path=has_best or None)
+        try:
+            trainer.test(model, datamodule=datamodule, ckpt_path=has_best or None)
+        except SIGTERMException:  # stopped while testing: last.ckpt saved, "interrupted"; a resume tests it
+            stopped(stop)
     for logger in loggers:  # HParams tab: the final metrics beside the hyperparameters
         logger.log_metrics(hparam_metrics(summary.summary))
         logger.finalize("success")
     log.info("Run directory: %s", output_dir)
+    if latch.signal is not None:  # it landed in the last test batch (or after training, without a test)
+        log.warning("Stopped by SIGTERM after this run finished; continue with: %s", resume_command(cfg))
+        raise SystemExit(latch.exit_code)  # a sweep starts no further job
     return summary.summary["best"].get(cfg.monitor.metric)
+
+
+def stopped(stop: StopCheckpoint | None) -> NoReturn:
+    """Exit 128 + the signal after Lightning's stop (``StopCheckpoint`` saved ``last.ckpt``)."""
+    # loader workers ignore SIGTERM (so a signal to the whole group cannot kill them before the
+    # checkpoint): end them here, or multiprocessing's exit handler waits for them forever
+    for worker in multiprocessing.active_children():
+        worker.kill()
+    raise SystemExit(stop.exit_code if stop is not None else 143) from None
+
+
+def stop_before_test(trainer, summary: RunSummary, stop: StopCheckpoint | None, latch: StopLatch, cfg) -> NoReturn:
+    """A SIGTERM after the last check of training (Lightning let ``fit`` end): the run is trained
+    but not tested. With ``StopCheckpoint``, save ``last.ckpt`` and mark it ``interrupted``: the
+    resumed run (or rerun sweep) restores it, finds training done and tests it."""
+    if stop is not None:
+        path = stop.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        summary.fail(SIGTERMException(), status="interrupted")
+        log.warning(
+            "Stopped by SIGTERM after training, before the test; checkpoint saved to %s; continue with: %s",
+            path,
+            resume_command(cfg),
+        )
+    for worker in multiprocessing.active_children():
+        worker.kill()
+    raise SystemExit(latch.exit_code)
 
 
 def hparam_metrics(summary: dict) -> dict[str, float]:

@@ -110,7 +110,9 @@ class KillAtStep(pl.Callback):
     instead, as a scheduler or a container stop does (the loader workers get it too).
     ``sig="SIGUSR1"`` sends SLURM's requeue signal to the training process.
     ``validation_batch=k`` signals after validation batch ``k`` of the validation that follows step
-    ``step`` instead (a stop in the middle of an epoch's validation)."""
+    ``step`` instead (a stop in the middle of an epoch's validation); ``test_batch=k`` after test
+    batch ``k`` of a run that trained ``step`` steps (a stop while it tests); ``fit_end=true`` at
+    the end of ``fit`` after ``step`` steps (after Lightning's last check for SIGTERM)."""
 
     def __init__(
         self,
@@ -118,8 +120,11 @@ class KillAtStep(pl.Callback):
         seed: int | None = None,
         sig: str = "SIGKILL",
         validation_batch: int | None = None,
+        test_batch: int | None = None,
+        fit_end: bool = False,
     ) -> None:
         self.step, self.seed, self.sig, self.validation_batch = step, seed, sig, validation_batch
+        self.test_batch, self.fit_end = test_batch, fit_end
 
     def _target(self) -> int | None:
         if self.step is not None:
@@ -128,13 +133,22 @@ class KillAtStep(pl.Callback):
         return int(step) if step and which in ("any", str(self.seed)) else None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.validation_batch is None and trainer.global_step == self._target():
+        elsewhere = self.validation_batch is not None or self.test_batch is not None or self.fit_end
+        if not elsewhere and trainer.global_step == self._target():
             self._signal()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.sanity_checking or self.validation_batch is None:
             return
         if trainer.global_step == self._target() and batch_idx == self.validation_batch:
+            self._signal()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.fit_end and trainer.global_step == self._target():
+            self._signal()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.test_batch is not None and batch_idx == self.test_batch and trainer.global_step == self._target():
             self._signal()
 
     def _signal(self) -> None:

@@ -160,7 +160,14 @@ def test_a_run_killed_at_an_epochs_end_resumes_with_that_epochs_numbers(
 
 
 def sweep(
-    tmp_path, sweep_dir, *extra, kill: str | None = None, data_dir=None, seeds="1,2", env: dict | None = None
+    tmp_path,
+    sweep_dir,
+    *extra,
+    kill: str | None = None,
+    data_dir=None,
+    seeds="1,2",
+    env: dict | None = None,
+    new_session: bool = False,
 ) -> subprocess.CompletedProcess:
     args = [
         sys.executable,
@@ -179,7 +186,9 @@ def sweep(
     env = {**{k: v for k, v in os.environ.items() if k != "LMVIT_KILL_AT"}, **(env or {})}
     if kill:
         env["LMVIT_KILL_AT"] = kill
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    return subprocess.run(
+        args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, start_new_session=new_session
+    )
 
 
 def jobs(sweep_dir) -> dict[int, dict]:
@@ -215,6 +224,56 @@ def test_a_killed_sweep_rerun_finishes_with_the_numbers_of_an_uninterrupted_one(
     error = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "holds a sweep of other settings" in error[0] and "model.dropout=0.2" in error[0]
     assert jobs(tmp_path / "b") == finished
+
+
+# --- a SIGTERM where Lightning does not look for one ----------------------------------------------
+LAST = 30  # SMALL's last step: 3 epochs of 10
+
+
+def test_a_sigterm_while_testing_stops_the_run_and_the_resumed_run_tests_it(tmp_path, data_dir):
+    """Lightning raises its stop from trainer.test as SystemExit(0): the run must say interrupted,
+    exit 143 like a stop in training, and its resume must test it without training again."""
+    common = [*SMALL, "data.num_workers=0"]
+    run_train(*common, log_dir=tmp_path / "a", data_dir=data_dir)
+    (reference,) = find_runs(tmp_path / "a")
+    args = [sys.executable, str(ROOT / "train.py"), *common, *KILL, "+callbacks.kill.sig=SIGTERM",
+            "+callbacks.kill.test_batch=0", f"paths.log_dir={tmp_path / 'b'}", f"data.data_dir={data_dir}"]  # fmt: skip
+    env = {**os.environ, "LMVIT_KILL_AT": f"any:{LAST}"}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, start_new_session=True)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    (run,) = find_runs(tmp_path / "b")
+    stopped = load_metrics(run)
+    assert stopped["status"] == "interrupted" and stopped["test"] == {} and stopped["epochs"] == 3
+
+    resumed = run_train(f"resume={run}", log_dir=tmp_path / "b", data_dir=None)
+    assert "Training:" not in resumed.stdout + resumed.stderr  # nothing left to train: it only tests
+    done = load_metrics(run)
+    assert done["status"] == "completed" and done["test"] and done["error"] is None
+    assert comparable(done) == comparable(load_metrics(reference))
+    assert_times_summed(done, pieces=2)
+
+
+def test_a_sigterm_after_trainings_last_check_stops_the_sweep_before_the_test_and_the_next_job(tmp_path, data_dir):
+    """A SIGTERM at the end of fit (after Lightning's last look for one) was dropped: the run tested
+    and the sweep went on to its next job. Now the run stops before its test (resumable, interrupted),
+    the sweep starts nothing more and exits 143, and the rerun finishes both jobs."""
+    stop = ["+callbacks.kill.sig=SIGTERM", "+callbacks.kill.fit_end=true"]
+    assert sweep(tmp_path, tmp_path / "a", *stop, data_dir=data_dir, seeds="1").returncode == 0
+    reference = jobs(tmp_path / "a")[1]
+
+    killed = sweep(tmp_path, tmp_path / "b", *stop, kill=f"1:{LAST}", data_dir=data_dir, new_session=True)
+    assert killed.returncode == 143, killed.stderr[-3000:]
+    assert "Stopped by SIGTERM after training, before the test" in killed.stdout + killed.stderr
+    stopped = jobs(tmp_path / "b")
+    assert sorted(stopped) == [1]  # job 2 never started
+    assert stopped[1]["status"] == "interrupted" and stopped[1]["test"] == {} and stopped[1]["epochs"] == 3
+
+    rerun = sweep(tmp_path, tmp_path / "b", *stop, data_dir=data_dir, new_session=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    finished = jobs(tmp_path / "b")
+    assert sorted(finished) == [1, 2] and all(m["status"] == "completed" and m["test"] for m in finished.values())
+    assert comparable(finished[1]) == comparable(reference)
+    assert_times_summed(finished[1], pieces=2)
 
 
 def test_a_killed_joblib_sweep_rerun_finishes_both_jobs_with_the_uninterrupted_numbers(tmp_path, data_dir):

@@ -128,6 +128,44 @@ class StopCheckpoint(pl.Callback):
         return 128 + int(self.signal or signal.SIGTERM)
 
 
+class StopLatch:
+    """``with StopLatch() as latch:`` records a SIGTERM that lands where Lightning does not act on it.
+
+    Lightning checks for SIGTERM at batch and epoch boundaries only, and drops it outside ``fit`` /
+    ``test``: a SIGTERM during set-up, after the last check of training (on_fit_end, teardown),
+    between training and testing or in the last test batch would otherwise let the run go on, or
+    a sweep start its next job, and a stop told to the whole process group would be lost. Inside
+    ``fit``/``test`` Lightning calls this handler beside its own (it keeps a handler it finds), so
+    ``latch.signal`` is set on every SIGTERM while the block runs; ``train.py`` stops where it is
+    safe (:func:`stop_point`). Outside the main thread it records nothing (signals go there only)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal is None:
+            log.warning("%s received: the run stops at the next safe point", signal.Signals(signum).name)
+        self.signal = signum
+
+    def __enter__(self) -> StopLatch:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+        return None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal or signal.SIGTERM)
+
+
 def slurm_requeue_signal(trainer) -> int | None:
     """The signal SLURM requeues the run on, when Lightning runs it on SLURM with auto-requeue."""
     from lightning_fabric.plugins.environments import SLURMEnvironment
