@@ -2,7 +2,8 @@
 functions included):
 
 1. the foundation, ``lmvit/`` modules that know nothing above them: errors, io, distributed,
-   settings (how a class checks its settings) and runs (reading run directories);
+   settings (how a class checks its settings), runs (reading run directories) and hardware (what
+   the CPU is and can do, from /proc/cpuinfo);
 2. ``datamodules/`` and ``lightning_modules/``: import the foundation only, never the glue;
 3. the entry points' glue, the rest of ``lmvit/`` (config, cli, resume, resolvers, Hydra
    callbacks): imports the foundation, and reaches a data module or a LightningModule only through
@@ -19,7 +20,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-FOUNDATION = ("lmvit.errors", "lmvit.io", "lmvit.distributed", "lmvit.settings", "lmvit.runs")
+FOUNDATION = ("lmvit.errors", "lmvit.io", "lmvit.distributed", "lmvit.settings", "lmvit.runs", "lmvit.hardware")
 MIDDLE = ("datamodules", "lightning_modules")
 ABOVE_LMVIT = (*MIDDLE, "analysis", "bench", "train", "eval", "generate", "notebooks", "tests")
 
