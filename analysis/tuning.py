@@ -636,10 +636,7 @@ def _workload_section(
     mode, monitor = recs["mode"].iloc[0], recs["monitor"].iloc[0]
     lines = ["", f"### {workload}: {' '.join(wl['base'])}", ""]
     machines = recs["device"].value_counts()  # accuracies compare across CPUs; seconds do not
-    lines += [
-        "Runs made on: " + "; ".join(f"{d}: {n} runs" for d, n in sorted(machines.items())) + ".",
-        "",
-    ]
+    lines.append("Runs made on: " + "; ".join(f"{d}: {n} runs" for d, n in sorted(machines.items())) + ".")
     # (a) budget curves
     search = recs[(recs.stage == "search") & recs.status.isin(DONE)]  # a running trial has no result yet
     curves = []
