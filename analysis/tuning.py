@@ -640,17 +640,18 @@ def _workload_section(
     # (a) budget curves
     search = recs[(recs.stage == "search") & recs.status.isin(DONE)]  # a running trial has no result yet
     curves = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, g in search.groupby("optimizer"):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, g) in enumerate(search.groupby("optimizer")):
         scores = [score_of(r, wl["failed_score"]) for r in g.to_dict("records")]
         eb = expected_best(scores, mode)
         curves += [{"optimizer": name, "k": k + 1, f"expected_best_{monitor}": v} for k, v in enumerate(eb)]
-        ax.plot(range(1, len(eb) + 1), eb, marker=".", label=name)
+        # eleven optimizers: tab10 would repeat a colour; the marker tells the pairs of tab20 apart
+        ax.plot(range(1, len(eb) + 1), eb, marker="o^sDv"[i % 5], markersize=3, color=plt.cm.tab20(i % 20), label=name)
     ax.set_xlabel("trials k")
     ax.set_ylabel(f"expected best final {monitor}")
     ax.set_title(f"{workload}: expected best after k trials (Dodge et al. 2019)")
     if curves:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / f"tuning_{workload}_budget.png", dpi=120)
     plt.close(fig)
