@@ -95,13 +95,13 @@ def _train(cfg: DictConfig, summary: RunSummary, choices: dict | None, latch: St
     return summary.summary["best"].get(cfg.monitor.metric)
 
 
-def stopped(stop: StopCheckpoint | None) -> NoReturn:
-    """Exit 128 + the signal after Lightning's stop (``StopCheckpoint`` saved ``last.ckpt``)."""
+def stopped(stop: StopCheckpoint | None, code: int | None = None) -> NoReturn:
+    """Exit 128 + the signal after a stop (Lightning's: ``StopCheckpoint`` saved ``last.ckpt``)."""
     # loader workers ignore SIGTERM (so a signal to the whole group cannot kill them before the
     # checkpoint): end them here, or multiprocessing's exit handler waits for them forever
     for worker in multiprocessing.active_children():
         worker.kill()
-    raise SystemExit(stop.exit_code if stop is not None else 143) from None
+    raise SystemExit(code or (stop.exit_code if stop is not None else 143)) from None
 
 
 def stop_before_test(trainer, summary: RunSummary, stop: StopCheckpoint | None, latch: StopLatch, cfg) -> NoReturn:
@@ -117,9 +117,7 @@ def stop_before_test(trainer, summary: RunSummary, stop: StopCheckpoint | None, 
             path,
             resume_command(cfg),
         )
-    for worker in multiprocessing.active_children():
-        worker.kill()
-    raise SystemExit(latch.exit_code)
+    stopped(stop, latch.exit_code)
 
 
 def hparam_metrics(summary: dict) -> dict[str, float]:

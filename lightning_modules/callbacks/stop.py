@@ -137,7 +137,8 @@ class StopLatch:
     a sweep start its next job, and a stop told to the whole process group would be lost. Inside
     ``fit``/``test`` Lightning calls this handler beside its own (it keeps a handler it finds), so
     ``latch.signal`` is set on every SIGTERM while the block runs; ``train.py`` stops where it is
-    safe (:func:`stop_point`). Outside the main thread it records nothing (signals go there only)."""
+    safe (after set-up, after ``fit``, after ``test``). Outside the main thread it records nothing
+    (signals go there only)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
