@@ -77,9 +77,11 @@ def _train(cfg: DictConfig, summary: RunSummary, choices: dict | None, latch: St
         stopped(stop)
     if summary.summary["status"] != "completed":  # fit stopped early (e.g. Ctrl-C)
         return None
-    if cfg.test and latch.signal is not None:  # the stop landed after training's last check: no test now
-        stop_before_test(trainer, summary, stop, latch, cfg)
     if cfg.test:
+        if stop is not None:  # trained: a run stopped or killed from here on resumes here and only tests
+            trainer.save_checkpoint(stop.dirpath / "last.ckpt")
+        if latch.signal is not None:  # the stop landed after training's last check: no test now
+            stop_before_test(summary, stop, latch, cfg)
         has_best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
         try:
             trainer.test(model, datamodule=datamodule, ckpt_path=has_best or None)
@@ -104,17 +106,15 @@ def stopped(stop: StopCheckpoint | None, code: int | None = None) -> NoReturn:
     raise SystemExit(code or (stop.exit_code if stop is not None else 143)) from None
 
 
-def stop_before_test(trainer, summary: RunSummary, stop: StopCheckpoint | None, latch: StopLatch, cfg) -> NoReturn:
+def stop_before_test(summary: RunSummary, stop: StopCheckpoint | None, latch: StopLatch, cfg) -> NoReturn:
     """A SIGTERM after the last check of training (Lightning let ``fit`` end): the run is trained
-    but not tested. With ``StopCheckpoint``, save ``last.ckpt`` and mark it ``interrupted``: the
-    resumed run (or rerun sweep) restores it, finds training done and tests it."""
+    but not tested. With ``StopCheckpoint`` (its ``last.ckpt`` saved after fit), mark it
+    ``interrupted``: the resumed run (or rerun sweep) restores it, finds training done and tests it."""
     if stop is not None:
-        path = stop.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
         summary.fail(SIGTERMException(), status="interrupted")
         log.warning(
             "Stopped by SIGTERM after training, before the test; checkpoint saved to %s; continue with: %s",
-            path,
+            stop.dirpath / "last.ckpt",
             resume_command(cfg),
         )
     stopped(stop, latch.exit_code)

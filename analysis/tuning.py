@@ -38,7 +38,7 @@ from scipy.stats import qmc
 
 from analysis.stats import LEVEL, compare_metric, holm, summarize
 from lmvit.errors import ConfigError, UserError
-from lmvit.resume import publish_records
+from lmvit.resume import FAILED, FINISHED, publish_records, run_status
 from lmvit.runs import effective_lr, find_run_dirs, read_config, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ CONF_DIR = ROOT / "conf"
 SPACE_FILE = CONF_DIR / "tuning" / "space.yaml"
 STAGES = ("search", "confirm", "speedup")
 DEFAULT = "default"  # trial k of the usual setting (factor 1, the optimizer's own weight decay and warm-up)
-DONE = ("completed", "failed", "diverged")  # a job with one of these statuses has its result
+DONE = FINISHED + FAILED  # a job with one of these statuses has its result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,7 +392,7 @@ def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
                     "k": str(trial.k),
                     "steps_factor": float(trial.get("steps", 1.0)),
                     "seed": int(cfg.seed),
-                    "status": metrics.get("status"),
+                    "status": run_status(metrics, cfg),  # "untested": trained, killed while it tested
                     "monitor": monitor,
                     "mode": str(cfg.monitor.mode),
                     "score": final.get(monitor),

@@ -9,11 +9,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError
-from lmvit.runs import check_checkpoint, find_run_dirs, load_metrics, read_hydra, read_metrics
+from lmvit.runs import check_checkpoint, find_run_dirs, load_metrics, read_hydra
 
 # what a rerun sweep does with a job it finds in its directory, by the job's metrics.json status
 FINISHED = ("completed",)  # skipped
 FAILED = ("failed", "diverged")  # skipped, or started again with rerun_failed=true
+# trained but killed while it tested (a SIGKILL, a lost machine): metrics.json says "completed" from
+# the end of fit, and the test result never came; its resume only tests it (see :func:`run_status`)
+UNTESTED = "untested"
 # what a published run keeps (the reports read these; no checkpoints, no event files)
 RECORDS = ("metrics.json", "config.yaml", "dynamics.jsonl")
 
@@ -78,14 +81,32 @@ def previous_metrics(run_dir: Path) -> dict:
         return {}
 
 
+def run_status(metrics: dict, config: DictConfig | dict | None) -> str | None:
+    """A run's status as a rerun reads it: its ``metrics.json``'s, except :data:`UNTESTED` for a run
+    whose training completed, whose ``config`` asks for a test (``test=true``) and whose test result
+    is missing. Its resume (``resume=``, or the rerun sweep) only tests it."""
+    status = metrics.get("status")
+    wants_test = config is not None and bool(OmegaConf.select(OmegaConf.create(config), "test", default=False))
+    if status in FINISHED and wants_test and not metrics.get("test"):
+        return UNTESTED
+    return status
+
+
+def saved_status(run_dir: Path) -> str | None:
+    """:func:`run_status` of the run saved in ``run_dir`` (``metrics.json`` and ``config.yaml``)."""
+    config = Path(run_dir) / "config.yaml"
+    return run_status(previous_metrics(run_dir), OmegaConf.load(config) if config.is_file() else None)
+
+
 def sweep_job_plan(job_dir: Path, rerun_failed: bool) -> str:
     """What a job of a rerun sweep does with what it finds in its own directory:
 
     ``skip`` (it completed, or it failed and ``rerun_failed`` is false), ``resume`` (it was killed or
-    stopped: its ``last.ckpt`` continues it exactly as ``resume=`` does) or ``new`` (nothing to
-    continue from, or a failed job asked to run again). Job directories are named by their overrides
-    (``hydra.job.override_dirname``), so a job always finds its own earlier session."""
-    status = previous_metrics(job_dir).get("status")
+    stopped, in training or in its test: its ``last.ckpt`` continues it exactly as ``resume=`` does)
+    or ``new`` (nothing to continue from, or a failed job asked to run again). Job directories are
+    named by their overrides (``hydra.job.override_dirname``), so a job always finds its own earlier
+    session."""
+    status = saved_status(job_dir)
     if status in FINISHED or (status in FAILED and not rerun_failed):
         return "skip"
     resumable = (job_dir / "checkpoints" / "last.ckpt").is_file() and (job_dir / "config.yaml").is_file()
@@ -96,7 +117,7 @@ def sweep_job_plan(job_dir: Path, rerun_failed: bool) -> str:
 
 def nothing_left(cfg: DictConfig, previous: dict) -> bool:
     """A resumed run that already completed the epochs (and steps) it is asked for."""
-    if previous.get("status") != "completed":
+    if run_status(previous, cfg) not in FINISHED:  # stopped, failed, or its test still to do
         return False
     max_steps = cfg.trainer.get("max_steps", -1)
     steps_done = (previous.get("history") or [{}])[-1].get("step", 0)
@@ -107,13 +128,13 @@ def nothing_left(cfg: DictConfig, previous: dict) -> bool:
 def publish_records(src: Path, dest: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     """Copy the records of every run below ``src`` that has its result (:data:`FINISHED` or
     :data:`FAILED`: what a rerun sweep skips) to the same relative path below ``dest``:
-    :data:`RECORDS` and ``.hydra/``. A record copied before is replaced; runs still running or
-    stopped, and runs below an ``exclude`` folder of ``src``, are left out. Copied back into an
+    :data:`RECORDS` and ``.hydra/``. A record copied before is replaced; runs still running,
+    stopped or :data:`UNTESTED`, and runs below an ``exclude`` folder of ``src``, are left out. Copied back into an
     empty log folder, published records make a rerun sweep skip those runs. Returns the targets."""
     src, copied = Path(src), []
     skip = [(src / folder).resolve() for folder in exclude]
     for run in find_run_dirs(src):
-        if (read_metrics(run) or {}).get("status") not in FINISHED + FAILED:
+        if saved_status(run) not in FINISHED + FAILED:
             continue
         if any(run.resolve().is_relative_to(folder) for folder in skip):
             continue

@@ -10,6 +10,9 @@
 - A finished run resumed with nothing to do changes nothing.
 - A sweep SIGKILLed in its second job, rerun with the same command and ``hydra.sweep.dir``: the
   completed job is untouched, the killed one resumes, every number equals an uninterrupted sweep's.
+- SIGTERM while a run tests, or after training's last check: the run stops before (or in) its test,
+  resumable; SIGKILL while it tests (metrics.json says completed, no test): the rerun sweep resumes
+  it too. Either resume only tests, with the numbers of an uninterrupted run.
 - A rerun with other overrides is refused with one line.
 - The same on the joblib launcher, two jobs side by side, one SIGKILLed: the rerun finishes both.
 - On SLURM, the requeue signal (USR1) at a step: a checkpoint there, ``scontrol requeue`` of the
@@ -274,6 +277,36 @@ def test_a_sigterm_after_trainings_last_check_stops_the_sweep_before_the_test_an
     assert sorted(finished) == [1, 2] and all(m["status"] == "completed" and m["test"] for m in finished.values())
     assert comparable(finished[1]) == comparable(reference)
     assert_times_summed(finished[1], pieces=2)
+
+
+def test_a_sweep_sigkilled_while_testing_rerun_tests_that_run_without_training_it_again(tmp_path, data_dir):
+    """A SIGKILL (a lost machine) during a run's test leaves metrics.json as the end of fit wrote it:
+    "completed", no test result. The rerun sweep must not skip it as done, nor publish it: it resumes
+    the run, which only tests, and its numbers equal an uninterrupted run's."""
+    from lmvit.resume import UNTESTED, publish_records, saved_status
+
+    assert sweep(tmp_path, tmp_path / "a", data_dir=data_dir, seeds="1").returncode == 0
+    reference = jobs(tmp_path / "a")[1]
+
+    testing = ["+callbacks.kill.test_batch=1"]
+    killed = sweep(tmp_path, tmp_path / "b", *testing, kill=f"1:{LAST}", data_dir=data_dir, seeds="1")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    (run,) = find_runs(tmp_path / "b")
+    stopped = load_metrics(run)
+    assert stopped["status"] == "completed" and stopped["test"] == {} and stopped["epochs"] == 3
+    assert saved_status(run) == UNTESTED
+    assert publish_records(tmp_path / "b", tmp_path / "published") == []  # not a result yet
+
+    rerun = sweep(tmp_path, tmp_path / "b", *testing, data_dir=data_dir, seeds="1")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    out = rerun.stdout + rerun.stderr
+    assert "Resuming" in out and "Skipped" not in out and "Training:" not in out  # it only tests
+    done = jobs(tmp_path / "b")[1]
+    assert done["status"] == "completed" and done["test"] and saved_status(run) == "completed"
+    assert comparable(done) == comparable(reference)
+    assert_times_summed(done, pieces=2)
+    assert done["history"] == stopped["history"]  # every second as trained: testing adds none
+    assert len(publish_records(tmp_path / "b", tmp_path / "published")) == 1
 
 
 def test_a_killed_joblib_sweep_rerun_finishes_both_jobs_with_the_uninterrupted_numbers(tmp_path, data_dir):

@@ -477,3 +477,38 @@ def test_status_counts_the_jobs_with_a_result(tmp_path):
     text = tuning.status_text("vit", list(rows.values()))
     want = f"vit search: 3 of {2 * space['trials']} jobs have a result (1 failed or diverged), 1 stopped or running"
     assert want in text and f"adamw 3/{space['trials']}, sgd 0/{space['trials']}" in text
+
+
+def test_a_run_killed_while_testing_has_no_result_until_its_test_ends(tmp_path):
+    """The end of fit writes "completed"; a run SIGKILLed in its test then holds no test result. Its
+    status reads "untested": the stage counts it unfinished, publishing leaves it out, a rerun sweep
+    resumes it (it only tests), and a resume has something left to do."""
+    from lmvit.resume import UNTESTED, nothing_left, publish_records, run_status, saved_status, sweep_job_plan
+
+    logs = tmp_path / "tuning" / "vit"
+    sweep_dir = logs / "confirm" / "adamw"
+    for seed in (1, 2):
+        _fake_run(sweep_dir, f"t{seed}", optimizer="adamw", stage="confirm", k=1, seed=seed, score=0.5, loss=1.0,
+                  steps=50)  # fmt: skip
+        cfg = yaml.safe_load((sweep_dir / f"t{seed}" / "config.yaml").read_text())
+        (sweep_dir / f"t{seed}" / "config.yaml").write_text(yaml.safe_dump({**cfg, "test": True}))
+    tested = sweep_dir / "t1" / "metrics.json"
+    tested.write_text(json.dumps({**json.loads(tested.read_text()), "test": {"test/acc": 0.5}}))
+    killed = sweep_dir / "t2"
+    (killed / "checkpoints").mkdir()
+    (killed / "checkpoints" / "last.ckpt").write_bytes(b"")
+
+    assert [saved_status(sweep_dir / "t1"), saved_status(killed)] == ["completed", UNTESTED]
+    assert run_status({"status": "completed"}, {"test": False}) == "completed"  # no test asked for
+    assert run_status({"status": "failed"}, {"test": True}) == "failed"
+    assert [sweep_job_plan(sweep_dir / "t1", False), sweep_job_plan(killed, False)] == ["skip", "resume"]
+    (killed / "checkpoints" / "last.ckpt").unlink()
+    assert sweep_job_plan(killed, False) == "new"  # nothing to test from: it trains again
+    cfg = OmegaConf.create({"test": True, "trainer": {"max_epochs": 1, "max_steps": -1}})
+    previous = json.loads((killed / "metrics.json").read_text()) | {"epochs": 1}
+    assert not nothing_left(cfg, previous) and nothing_left(cfg, previous | {"test": {"test/acc": 0.5}})
+
+    rows = {(r["stage"], r["optimizer"]): r for r in tuning.status("vit", tmp_path, ["adamw"], device="CPU A")}
+    assert (rows[("confirm", "adamw")]["done"], rows[("confirm", "adamw")]["unfinished"]) == (1, 1)
+    published = publish_records(sweep_dir, tmp_path / "published")
+    assert [p.name for p in published] == ["t1"]
