@@ -198,9 +198,16 @@ def jobs(sweep_dir) -> dict[int, dict]:
     return {load_metrics(r)["seed"]: load_metrics(r) for r in find_runs(sweep_dir)}
 
 
-def test_a_killed_sweep_rerun_finishes_with_the_numbers_of_an_uninterrupted_one(tmp_path, data_dir):
-    assert sweep(tmp_path, tmp_path / "a", data_dir=data_dir).returncode == 0
-    reference = jobs(tmp_path / "a")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir) -> dict[int, dict]:
+    """The uninterrupted sweep (seeds 1 and 2) the stopped ones are compared with, trained once: the
+    kill callback's settings change no number (it fires only where LMVIT_KILL_AT says)."""
+    root = tmp_path_factory.mktemp("reference")
+    assert sweep(root, root / "a", data_dir=data_dir).returncode == 0
+    return jobs(root / "a")
+
+
+def test_a_killed_sweep_rerun_finishes_with_the_numbers_of_an_uninterrupted_one(tmp_path, data_dir, reference):
 
     killed = sweep(tmp_path, tmp_path / "b", kill=f"2:{STEP}", data_dir=data_dir)
     assert killed.returncode == -9  # SIGKILL in job 2 takes the whole sweep down
@@ -256,13 +263,13 @@ def test_a_sigterm_while_testing_stops_the_run_and_the_resumed_run_tests_it(tmp_
     assert_times_summed(done, pieces=2)
 
 
-def test_a_sigterm_after_trainings_last_check_stops_the_sweep_before_the_test_and_the_next_job(tmp_path, data_dir):
+def test_a_sigterm_after_trainings_last_check_stops_the_sweep_before_the_test_and_the_next_job(
+    tmp_path, data_dir, reference
+):
     """A SIGTERM at the end of fit (after Lightning's last look for one) was dropped: the run tested
     and the sweep went on to its next job. Now the run stops before its test (resumable, interrupted),
     the sweep starts nothing more and exits 143, and the rerun finishes both jobs."""
     stop = ["+callbacks.kill.sig=SIGTERM", "+callbacks.kill.fit_end=true"]
-    assert sweep(tmp_path, tmp_path / "a", *stop, data_dir=data_dir, seeds="1").returncode == 0
-    reference = jobs(tmp_path / "a")[1]
 
     killed = sweep(tmp_path, tmp_path / "b", *stop, kill=f"1:{LAST}", data_dir=data_dir, new_session=True)
     assert killed.returncode == 143, killed.stderr[-3000:]
@@ -275,18 +282,15 @@ def test_a_sigterm_after_trainings_last_check_stops_the_sweep_before_the_test_an
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     finished = jobs(tmp_path / "b")
     assert sorted(finished) == [1, 2] and all(m["status"] == "completed" and m["test"] for m in finished.values())
-    assert comparable(finished[1]) == comparable(reference)
+    assert comparable(finished[1]) == comparable(reference[1])
     assert_times_summed(finished[1], pieces=2)
 
 
-def test_a_sweep_sigkilled_while_testing_rerun_tests_that_run_without_training_it_again(tmp_path, data_dir):
+def test_a_sweep_sigkilled_while_testing_rerun_tests_that_run_without_training_it_again(tmp_path, data_dir, reference):
     """A SIGKILL (a lost machine) during a run's test leaves metrics.json as the end of fit wrote it:
     "completed", no test result. The rerun sweep must not skip it as done, nor publish it: it resumes
     the run, which only tests, and its numbers equal an uninterrupted run's."""
     from lmvit.resume import UNTESTED, publish_records, saved_status
-
-    assert sweep(tmp_path, tmp_path / "a", data_dir=data_dir, seeds="1").returncode == 0
-    reference = jobs(tmp_path / "a")[1]
 
     testing = ["+callbacks.kill.test_batch=1"]
     killed = sweep(tmp_path, tmp_path / "b", *testing, kill=f"1:{LAST}", data_dir=data_dir, seeds="1")
@@ -303,7 +307,7 @@ def test_a_sweep_sigkilled_while_testing_rerun_tests_that_run_without_training_i
     assert "Resuming" in out and "Skipped" not in out and "Training:" not in out  # it only tests
     done = jobs(tmp_path / "b")[1]
     assert done["status"] == "completed" and done["test"] and saved_status(run) == "completed"
-    assert comparable(done) == comparable(reference)
+    assert comparable(done) == comparable(reference[1])
     assert_times_summed(done, pieces=2)
     assert done["history"] == stopped["history"]  # every second as trained: testing adds none
     assert len(publish_records(tmp_path / "b", tmp_path / "published")) == 1
