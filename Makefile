@@ -61,6 +61,7 @@ bench: install
 	$(PY) bench/data_throughput.py --out $(BENCH_OUT)
 	$(PY) bench/memory.py --out $(BENCH_OUT)
 	$(PY) bench/inspection.py --layers 2 --repeats 5 --out $(BENCH_OUT)
+	$(PY) bench/side_by_side.py --steps 10 --repeats 3 --out $(BENCH_OUT)
 	$(PY) bench/optimizers.py --workload vit --repeats 3 --out $(BENCH_OUT)
 	$(PY) bench/optimizers.py --workload lstm --repeats 3 --out $(BENCH_OUT)
 

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 # pytest-xdist: each worker (and every process a test starts, which inherits this) gets its share of
-# the cores. Two workers of two threads each on two cores made OpenMP's spinning threads wait on one
-# another: a small network's steps ran up to 20x slower than at one thread each. Set before torch
-# is imported; an OMP_NUM_THREADS set by the caller wins.
+# the cores. Two processes that each take every core make OpenMP's spinning threads wait on one
+# another: the ViT's steps 2.5x slower, a small network's far more (BENCHMARKS.md, "Jobs side by
+# side on one CPU"). Set before torch is imported; an OMP_NUM_THREADS set by the caller wins.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
