@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 from scipy.stats import qmc
 
 from analysis.stats import LEVEL, compare_metric, holm, summarize
+from analysis.timing import LOAD_SLACK, measurement
 from lmvit.errors import ConfigError, UserError
 from lmvit.resume import FAILED, FINISHED, publish_records, run_status
 from lmvit.runs import effective_lr, find_run_dirs, read_config, read_metrics
@@ -309,7 +310,8 @@ def status(
             done = {(r["k"], r["steps_factor"], r["seed"]): r for r in recs if r["status"] in DONE}
             timed = [r for r in done.values() if r["status"] == "completed" and r["train_seconds"]]
             here = [r for r in timed if r["device"] == device]  # a run's seconds hold for its own CPU
-            seconds = [r["train_seconds"] for r in (here or timed)]
+            quiet = [r for r in here if r["alone"]]  # and when it had the machine to itself
+            seconds = [r["train_seconds"] for r in (quiet or here or timed)]
             rows.append(
                 {
                     "stage": stage,
@@ -404,9 +406,16 @@ def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
                     "train_seconds": metrics.get("train_seconds"),
                     "precision": metrics.get("precision") or OmegaConf.select(cfg, "trainer.precision"),
                     "device": (history[-1].get("time/device") if history else None) or "unknown",
+                    "alone": _alone(history),
                 }
             )
     return records
+
+
+def _alone(history: list[dict[str, Any]]) -> bool:
+    """The run's epochs had the machine to themselves by the load rule of :mod:`analysis.timing`."""
+    machine = measurement(history)
+    return bool(machine["load_1m"] <= machine["cores"] + LOAD_SLACK)  # False when either is NaN
 
 
 def best_trials(workload: str, log_dir, names: list[str], n: int, space) -> dict[str, int]:

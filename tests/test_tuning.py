@@ -210,7 +210,7 @@ def test_a_trial_composes_in_train_py(workload):
 
 
 def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, steps_factor=None, status="completed",
-              precision="bf16-mixed", device="CPU A", seconds=1.0):  # fmt: skip
+              precision="bf16-mixed", device="CPU A", seconds=1.0, load=None):  # fmt: skip
     run = root / name
     run.mkdir(parents=True)
     trial = {"optimizer": optimizer, "stage": stage, "k": k, "lr": 1e-3, "weight_decay": 5e-4, "warmup_fraction": 0.05}
@@ -222,6 +222,8 @@ def _fake_run(root, name, *, optimizer, stage, k, seed, score, loss, steps, step
     metrics = {"status": status, "task": "vit", "final": {"val/acc": score, "val/loss": loss},
                "history": [{"epoch": 0, "step": steps, "time/device": device}], "train_seconds": seconds,
                "precision": precision}  # fmt: skip
+    if load is not None:  # the machine's 1-minute load during the run, on 2 cores
+        metrics["history"][0] |= {"time/load_1m": load, "time/cores": 2}
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -469,6 +471,14 @@ def test_status_counts_the_jobs_with_a_result(tmp_path):
     assert f"about {left:.1f} h left at the median 1 s a run on this CPU" in text
     other = tuning.status("vit", tmp_path, ["adamw", "sgd"], device="CPU C")
     assert "at the median 5 s a run on other CPUs" in tuning.status_text("vit", other)  # median of 1 and 9
+    # a run on this CPU with a load record: only the runs that had the machine to themselves count
+    for k, (load, seconds) in enumerate([(2.1, 4.0), (4.0, 30.0)], start=4):
+        _fake_run(logs / "search" / "adamw", f"s{k}", optimizer="adamw", stage="search", k=k, seed=0, score=0.5,
+                  loss=1.0, steps=50, seconds=seconds, load=load)  # fmt: skip
+    rows = {(r["stage"], r["optimizer"]): r for r in tuning.status("vit", tmp_path, ["adamw", "sgd"], device="CPU A")}
+    assert rows[("search", "adamw")]["median_seconds"] == 4.0 and rows[("search", "adamw")]["done"] == 5
+    for k in (4, 5):
+        (logs / "search" / "adamw" / f"s{k}" / "metrics.json").unlink()
     (logs / "search" / "sgd" / "s0" / "metrics.json").unlink()
     rows = {(r["stage"], r["optimizer"]): r for r in tuning.status("vit", tmp_path, ["adamw", "sgd"], device="CPU A")}
     assert rows[("search", "sgd")]["done"] == 0 and math.isnan(rows[("search", "sgd")]["median_seconds"])
