@@ -553,19 +553,24 @@ def speedups(reference: dict[int, list[tuple[float, float]]], runs: dict[int, tu
 
 def summarize_speedup(per_seed: dict[int, tuple[float, str]], level: float = LEVEL) -> dict[str, Any]:
     """Geometric mean of the per-seed speed-ups with a t interval on their logs; when a seed lies
-    beyond the reference's points, the bound ("> 2x", "< 0.5x") instead of a number."""
+    beyond the reference's points, the bound ("> 2x", "< 0.5x": ``bound`` and ``side``) instead of a
+    number."""
     ratios = [r for r, _ in per_seed.values()]
     marks = [m for _, m in per_seed.values()]
     if not ratios:
         return {"speedup": math.nan, "low": math.nan, "high": math.nan, "text": "n/a", "n": 0}
     if any(marks):
+        bound, side = math.nan, ""
         if all(m == ">" for m in marks):
-            text = f"> {min(ratios):.2g}x"
+            bound, side = min(ratios), ">"
+            text = f"> {bound:.2g}x"
         elif all(m == "<" for m in marks):
-            text = f"< {max(ratios):.2g}x"
+            bound, side = max(ratios), "<"
+            text = f"< {bound:.2g}x"
         else:
             text = "beyond the reference's steps for " + f"{sum(bool(m) for m in marks)} of {len(marks)} seeds"
-        return {"speedup": math.nan, "low": math.nan, "high": math.nan, "text": text, "n": len(ratios)}
+        out = {"speedup": math.nan, "low": math.nan, "high": math.nan, "text": text, "n": len(ratios)}
+        return {**out, "bound": bound, "side": side}
     mean, low, high = t_interval([math.log(r) for r in ratios], level)
     out = {"speedup": math.exp(mean), "low": math.exp(low), "high": math.exp(high), "n": len(ratios)}
     out["text"] = f"{out['speedup']:.2f}x" + (f" [{out['low']:.2f}, {out['high']:.2f}]" if len(ratios) > 1 else "")
@@ -679,7 +684,7 @@ def _workload_section(
             curve.setdefault(r["seed"], []).append((r["steps"], r[metric]))
     ref_tuned = conf[(conf.optimizer == ref) & (conf.k != DEFAULT)]
     ref_loss = {r["seed"]: r[metric] for r in ref_tuned.to_dict("records") if r[metric] is not None}
-    rows = []
+    rows, forest = [], {}
     for name, g in conf.groupby("optimizer"):
         tuned, default = g[g.k != DEFAULT], g[g.k == DEFAULT]
         # against the tuned reference at the same steps, paired by seed: a lower final loss is a
@@ -699,6 +704,7 @@ def _workload_section(
         runs = {r["seed"]: (r["steps"], r[metric]) for r in tuned.to_dict("records") if r["steps"]}
         sp = summarize_speedup(speedups({s: c for s, c in curve.items() if len(c) >= 2}, runs))
         wall = sp["speedup"] / times[name] if name in times and math.isfinite(sp["speedup"]) else math.nan
+        forest[name] = {**sp, "wallclock": wall}
         best = tuned.iloc[0] if len(tuned) else None
         rows.append(
             {
@@ -749,6 +755,8 @@ def _workload_section(
     lines.append("")
     if not rows:
         return lines + ["(No completed confirm run yet.)", ""]
+    if _speedup_figure(workload, forest, ref, out / f"tuning_{workload}_speedup.png"):
+        lines += [f"![speed-ups over tuned {ref}](tuning_{workload}_speedup.png)", ""]
     lines.append(
         "| optimizer | tuned | usual setting | p (Holm) | speed-up (steps) | wall-clock | against tuned "
         f"{ref} | p (Holm) |"
@@ -762,6 +770,51 @@ def _workload_section(
             f"{r['speedup']} | {wall} | {r['verdict']} | {_p(r.get('p_vs_ref_holm'))} |"
         )
     return lines + [""]
+
+
+def _speedup_figure(workload: str, forest: dict[str, dict[str, Any]], ref: str, path: Path) -> bool:
+    """Each optimizer's step speed-up over the tuned reference on a log axis: the geometric mean over
+    seeds with its interval, a bound as an arrow where the seeds lie beyond the reference's steps, and
+    the wall-clock speed-up as an open marker. False (nothing drawn) when no speed-up is known yet."""
+    shown = {n: sp for n, sp in forest.items() if n != ref and sp.get("n")}
+    known = [sp for sp in shown.values() if math.isfinite(sp["speedup"]) or math.isfinite(sp.get("bound", math.nan))]
+    if not known:
+        path.unlink(missing_ok=True)
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    def at(sp: dict[str, Any]) -> float:  # where it is drawn: the speed-up, else its bound (nan: not drawn)
+        return sp["speedup"] if math.isfinite(sp["speedup"]) else sp.get("bound", math.nan)
+
+    order = sorted(shown.items(), key=lambda it: (not math.isfinite(at(it[1])), np.nan_to_num(at(it[1]))))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.6))
+    for y, (_, sp) in enumerate(order):
+        if math.isfinite(sp["speedup"]):
+            err = [[sp["speedup"] - sp["low"]], [sp["high"] - sp["speedup"]]] if math.isfinite(sp["low"]) else None
+            ax.errorbar(sp["speedup"], y, xerr=err, fmt="o", color="C0", capsize=3)
+            if math.isfinite(sp["wallclock"]):
+                ax.plot(sp["wallclock"], y, "o", mfc="none", color="C3")
+        elif math.isfinite(sp.get("bound", math.nan)):  # every seed beyond the reference's steps
+            ax.plot(sp["bound"], y, ">" if sp["side"] == ">" else "<", color="C0")
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks(range(len(order)), [f"{name}  {sp['text']}" for name, sp in order], fontsize=8)
+    ax.set_ylim(-0.7, len(order) - 0.3)
+    ax.set_xlabel(f"speed-up over tuned {ref} (steps to its final loss; > 1: faster)")
+    ax.plot([], [], "o", color="C0", label=f"steps ({LEVEL:.0%} t interval over seeds)")
+    ax.plot([], [], "o", mfc="none", color="C3", label="wall-clock (steps / time per step)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"{workload}: speed-up over tuned {ref}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def _search_table(workload, search, wl, space, monitor: str, mode: str, out: Path) -> list[str]:

@@ -82,6 +82,9 @@ def test_speedups_per_seed_and_interval_against_scipy():
     assert rel(summary["low"], math.exp(low)) and rel(summary["high"], math.exp(high))
     beyond = tuning.summarize_speedup(tuning.speedups(reference, {1: (200, 1.1), 2: (200, 1.0)}))
     assert beyond["text"] == "> 2x" and math.isnan(beyond["speedup"])
+    assert beyond["bound"] == 2.0 and beyond["side"] == ">"  # the figure draws it as an arrow at 2x
+    below = tuning.summarize_speedup(tuning.speedups(reference, {1: (200, 2.5), 2: (200, 2.1)}))
+    assert below["text"] == "< 0.5x" and below["bound"] == 0.5 and below["side"] == "<"
 
 
 def test_holm_by_hand():
@@ -304,6 +307,8 @@ def test_report_on_hand_made_runs(tmp_path):
     assert "Runs made on: CPU A: 28 runs; CPU B: 2 runs." in md.read_text()
     assert "paired, measured on CPU A (GenuineIntel 6/1, amx_bf16))." in md.read_text()
     assert (tmp_path / "out" / "tuning_vit_budget.png").stat().st_size > 0
+    assert (tmp_path / "out" / "tuning_vit_speedup.png").stat().st_size > 0
+    assert "![speed-ups over tuned adamw](tuning_vit_speedup.png)" in md.read_text()
     # one comparison, one arithmetic: a run of another precision (a machine's default) is refused
     _fake_run(logs / "search" / "lion", "s0", optimizer="lion", stage="search", k=0, seed=0, score=0.5, loss=1.0,
               steps=50, precision="32-true")  # fmt: skip
