@@ -280,6 +280,15 @@ def plan(
     return [_sweep(space, workload, stage, ref, runs, space["seeds"], log_dir, extra)]
 
 
+def planned_jobs(space: dict[str, Any]) -> dict[str, int]:
+    """The jobs of each stage for one optimizer (the speed-up stage: the reference's only)."""
+    return {
+        "search": space["trials"],
+        "confirm": 2 * len(space["seeds"]),  # the best trial and the usual setting
+        "speedup": len(space["speedup_factors"]) * len(space["seeds"]),
+    }
+
+
 def status(
     workload: str,
     log_dir: str | Path = "logs",
@@ -298,11 +307,7 @@ def status(
     space = space or load_space()
     workload_config(space, workload)
     names = optimizers or optimizer_names(reference=space["reference"])
-    planned = {
-        "search": space["trials"],
-        "confirm": 2 * len(space["seeds"]),  # the best trial and the usual setting
-        "speedup": len(space["speedup_factors"]) * len(space["seeds"]),
-    }
+    planned = planned_jobs(space)
     rows = []
     for stage in STAGES:
         for name in names if stage != "speedup" else [space["reference"]]:
@@ -651,6 +656,7 @@ def _workload_section(
     lines = ["", f"### {workload}: {' '.join(wl['base'])}", ""]
     machines = recs["device"].value_counts()  # accuracies compare across CPUs; seconds do not
     lines.append("Runs made on: " + "; ".join(f"{d}: {n} runs" for d, n in sorted(machines.items())) + ".")
+    lines += ["", "VERDICT"]  # written once the table is: the section's one-line answer comes first
     # (a) budget curves
     search = recs[(recs.stage == "search") & recs.status.isin(DONE)]  # a running trial has no result yet
     curves = []
@@ -753,6 +759,7 @@ def _workload_section(
         )
     )
     lines.append("")
+    lines[lines.index("VERDICT")] = verdict_line(workload, recs, table, space, monitor)
     if not rows:
         return lines + ["(No completed confirm run yet.)", ""]
     if _speedup_figure(workload, forest, ref, out / f"tuning_{workload}_speedup.png"):
@@ -770,6 +777,48 @@ def _workload_section(
             f"{r['speedup']} | {wall} | {r['verdict']} | {_p(r.get('p_vs_ref_holm'))} |"
         )
     return lines + [""]
+
+
+def verdict_line(workload: str, recs, table, space: dict[str, Any], monitor: str) -> str:
+    """The workload's answer in one line (the README quotes it): which optimizers are faster, slower or
+    inconclusive against the tuned reference, with their speed-ups, once every optimizer's confirm runs
+    and the reference's speed-up runs have a result; until then, how far those stages got."""
+    ref, seeds = space["reference"], space["seeds"]
+    names = optimizer_names(reference=ref)
+    finished = recs[recs.status.isin(DONE)].drop_duplicates(["stage", "optimizer", "k", "steps_factor", "seed"])
+    planned = planned_jobs(space)
+    count = {
+        stage: (
+            len(finished[(finished.stage == stage) & finished.optimizer.isin(names if stage != "speedup" else [ref])]),
+            planned[stage] * (len(names) if stage != "speedup" else 1),
+        )
+        for stage in ("confirm", "speedup")
+    }
+    head = f"**Verdict** ({workload})"
+    if any(done < total for done, total in count.values()):
+        (c, ct), (s, st) = count["confirm"], count["speedup"]
+        return f"{head}: none yet; the confirm stage has {c} of {ct} runs, the speed-up stage {s} of {st}."
+    rows = table.set_index("optimizer")
+    groups = {v: [n for n in names if n in rows.index and rows.loc[n, "verdict"] == v] for v in ("faster", "slower")}
+    groups["inconclusive"] = [n for n in names if n != ref and n not in groups["faster"] + groups["slower"]]
+
+    def named(n: str) -> str:
+        wall = rows.loc[n, "speedup_wallclock"]
+        return f"{n} ({rows.loc[n, 'speedup']} in steps" + (
+            f", {wall:.2f}x wall-clock)" if math.isfinite(wall) else ")"
+        )
+
+    said = "; ".join(  # the inconclusive ones by name: their speed-ups' intervals are in the table
+        f"{v}: {', '.join(named(n) if v != 'inconclusive' else n for n in ns) if ns else 'none'}"
+        for v, ns in groups.items()
+    )
+    r = rows.loc[ref]
+    return (
+        f"{head}, {len(names) - 1} optimizers against tuned {ref}, each with {space['trials']} search trials and "
+        f"seeds {', '.join(map(str, seeds))} (final validation loss, paired by seed, Holm-adjusted): {said}. Tuned "
+        f"{ref}'s {monitor} {_ci(r[f'tuned_{monitor}'], r['tuned_low'], r['tuned_high'])}, its usual setting's "
+        f"{_ci(r[f'default_{monitor}'], r['default_low'], r['default_high'])} (Holm p {_p(r.get('p_holm'))})."
+    )
 
 
 def _speedup_figure(workload: str, forest: dict[str, dict[str, Any]], ref: str, path: Path) -> bool:

@@ -75,3 +75,13 @@ def test_the_results_index_counts_the_runs_each_folder_holds():
     for folder, count in rows:
         runs = len(list((RESULTS / folder / "runs").rglob("metrics.json")))
         assert int(count) == runs, f"docs/results/README.md says {count} runs in {folder}/, it holds {runs}"
+
+
+def test_the_readme_quotes_the_tuning_reports_verdict_lines():
+    """README's "What we found" quotes each workload's one-line verdict of the committed tuning
+    report as written (line breaks aside): the answer, or how far its runs got, has one source."""
+    verdicts = [ln for ln in (TUNING / "optimizer_tuning.md").read_text().splitlines() if ln.startswith("**Verdict**")]
+    assert verdicts
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for line in verdicts:
+        assert " ".join(line.split()) in readme, f'README.md\'s "What we found" should quote the report: {line}'

@@ -309,6 +309,22 @@ def test_report_on_hand_made_runs(tmp_path):
     assert (tmp_path / "out" / "tuning_vit_budget.png").stat().st_size > 0
     assert (tmp_path / "out" / "tuning_vit_speedup.png").stat().st_size > 0
     assert "![speed-ups over tuned adamw](tuning_vit_speedup.png)" in md.read_text()
+    # the one-line verdict waits for every optimizer of conf/optimizer/ (three of eleven ran here) ...
+    n = len(tuning.optimizer_names())
+    assert f"**Verdict** (vit): none yet; the confirm stage has 18 of {6 * n} runs, the speed-up stage 6 of 6." in (
+        md.read_text()
+    )
+    # ... and names the faster, slower and inconclusive ones once they all have
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tuning, "optimizer_names", lambda reference="adamw": ["adamw", "lion", "sgd"])
+        text = tuning.report([logs], tmp_path / "all", bench).read_text()
+    logs_lion = np.log(2) * np.array([-0.6, -0.7, -0.8])  # lion's speed-ups 2^(w - 1), w = (2 - loss) / 0.5
+    lo, hi = np.exp(sps.t.interval(0.95, df=2, loc=logs_lion.mean(), scale=sps.sem(logs_lion)))
+    assert (
+        "**Verdict** (vit), 2 optimizers against tuned adamw, each with 16 search trials and seeds 1, 2, 3 (final "
+        f"validation loss, paired by seed, Holm-adjusted): faster: none; slower: lion ({2**-0.7:.2f}x [{lo:.2f}, "
+        f"{hi:.2f}] in steps); inconclusive: sgd. Tuned adamw's val/acc 0.62 ["
+    ) in text
     # one comparison, one arithmetic: a run of another precision (a machine's default) is refused
     _fake_run(logs / "search" / "lion", "s0", optimizer="lion", stage="search", k=0, seed=0, score=0.5, loss=1.0,
               steps=50, precision="32-true")  # fmt: skip
