@@ -177,13 +177,21 @@ def merge_overrides(*lists: list[str]) -> list[str]:
     return list(merged.values())
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+# Trial values that must reach train.py as a float even when whole: Lightning reads an int
+# limit_train_batches as a number of batches (1: one batch an epoch) and a float as a fraction of them.
+FRACTIONS = ("limit_train_batches",)
+
+
+def _fmt(value: Any, key: str = "") -> str:
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:.4g}"
+    return text + ".0" if key in FRACTIONS and text.lstrip("-").isdigit() else text
 
 
 def trial_override(trials: list[dict[str, Any]]) -> str:
     """``+trial={..},{..}``: one job per dict (Hydra sweeps a list of dicts element by element)."""
-    return "+trial=" + ",".join("{" + ",".join(f"{k}:{_fmt(v)}" for k, v in t.items()) + "}" for t in trials)
+    return "+trial=" + ",".join("{" + ",".join(f"{k}:{_fmt(v, k)}" for k, v in t.items()) + "}" for t in trials)
 
 
 @dataclass
@@ -688,6 +696,7 @@ def _workload_section(
     ):
         if r["status"] == "completed" and r["steps"] and r[metric] is not None:
             curve.setdefault(r["seed"], []).append((r["steps"], r[metric]))
+    _check_speedup_steps(recs, ref)
     ref_tuned = conf[(conf.optimizer == ref) & (conf.k != DEFAULT)]
     ref_loss = {r["seed"]: r[metric] for r in ref_tuned.to_dict("records") if r[metric] is not None}
     rows, forest = [], {}
@@ -777,6 +786,32 @@ def _workload_section(
             f"{r['speedup']} | {wall} | {r['verdict']} | {_p(r.get('p_vs_ref_holm'))} |"
         )
     return lines + [""]
+
+
+STEPS_SLACK = 0.05  # a speed-up run's steps may differ from its factor x the confirm run's by this fraction
+# (Lightning rounds a fraction of an epoch's batches down to whole batches)
+
+
+def _check_speedup_steps(recs, ref: str) -> None:
+    """Every completed speed-up run of the reference trained its factor x the steps of the confirm run
+    of its seed; a run that did not (a wrong limit, a changed budget) would bend the curve the speed-ups
+    are read from, so it is refused, named, before any number is written."""
+    confirm = {
+        r["seed"]: r["steps"]
+        for r in recs[(recs.optimizer == ref) & (recs.stage == "confirm") & (recs.k != DEFAULT)].to_dict("records")
+        if r["status"] == "completed" and r["steps"]
+    }
+    runs = recs[(recs.optimizer == ref) & (recs.stage == "speedup") & (recs.status == "completed")]
+    for r in runs.to_dict("records"):
+        if r["seed"] not in confirm or not r["steps"]:
+            continue
+        want = r["steps_factor"] * confirm[r["seed"]]
+        if abs(r["steps"] - want) > STEPS_SLACK * want:
+            raise UserError(
+                f"The speed-up run {r['run']} trained {r['steps']} steps, not {r['steps_factor']:g} x the "
+                f"{confirm[r['seed']]} of {ref}'s confirm run of seed {r['seed']} ({want:.0f}): remove its "
+                "folder and run its job again (python -m analysis.tuning run <workload> --stage speedup)."
+            )
 
 
 def verdict_line(workload: str, recs, table, space: dict[str, Any], monitor: str) -> str:

@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -209,6 +210,34 @@ def test_a_trial_composes_in_train_py(workload):
         assert cfg["data"]["train_file"] == "wiki.valid.tokens"
 
 
+@pytest.mark.parametrize(("workload", "epochs", "batches"), [("vit", 10, 78), ("lstm", 3, None)])
+def test_speedup_runs_train_their_factor_of_the_steps(workload, epochs, batches, tmp_path):
+    """AdamW's speed-up runs, composed by train.py from the planned override as printed: 1/2x and 2x
+    the confirm runs' training batches (a whole epoch's fraction is the float 1.0: an int 1 would be
+    one batch an epoch)."""
+    search = tmp_path / "tuning" / workload / "search" / "adamw"
+    for k in (0, 1):
+        _fake_run(search, f"s{k}", optimizer="adamw", stage="search", k=k, seed=0, score=0.5 + 0.1 * k, loss=1.0,
+                  steps=10)  # fmt: skip
+    sweep = tuning.plan(workload, "speedup", log_dir=tmp_path, optimizers=["adamw"], trials=2)[0]
+    text = next(o for o in sweep.overrides if o.startswith("+trial="))[len("+trial=") :]
+    overrides = [o for o in sweep.overrides if not o.startswith(("+trial=", "seed="))]
+    batches_run = {}
+    for raw in text.split("},{"):
+        trial = "+trial={" + raw.strip("{}") + "}"  # as the sweep passes it, not parsed back here
+        proc = subprocess.run(
+            [sys.executable, "train.py", *overrides, trial, "seed=1", "--cfg", "job", "--resolve"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        cfg = yaml.safe_load(proc.stdout)
+        limit = cfg["trainer"]["limit_train_batches"]
+        assert isinstance(limit, float) and 0 < limit <= 1.0, limit  # a fraction, never a count
+        assert cfg["trial"]["k"] == 1  # the best search trial
+        batches_run[cfg["trial"]["steps"]] = cfg["trainer"]["max_epochs"] * limit
+    assert batches_run == {0.5: epochs * 0.5, 2.0: epochs * 2.0}, batches_run  # in epochs' worth of batches
+
+
 # --- the report on hand-made runs ---------------------------------------------------------------
 
 
@@ -325,6 +354,12 @@ def test_report_on_hand_made_runs(tmp_path):
         f"validation loss, paired by seed, Holm-adjusted): faster: none; slower: lion ({2**-0.7:.2f}x [{lo:.2f}, "
         f"{hi:.2f}] in steps); inconclusive: sgd. Tuned adamw's val/acc 0.62 ["
     ) in text
+    # a speed-up run that did not train its factor x the confirm run's steps is refused, by name
+    _fake_run(logs / "speedup" / "adamw", "broken", optimizer="adamw", stage="speedup", k=1, seed=1, score=0.2,
+              loss=2.2, steps=20, steps_factor=2.0)  # fmt: skip
+    with pytest.raises(UserError, match=r"The speed-up run .*broken trained 20 steps, not 2 x the 200 .* \(400\)"):
+        tuning.report([logs], tmp_path / "out", bench)
+    shutil.rmtree(logs / "speedup" / "adamw" / "broken")
     # one comparison, one arithmetic: a run of another precision (a machine's default) is refused
     _fake_run(logs / "search" / "lion", "s0", optimizer="lion", stage="search", k=0, seed=0, score=0.5, loss=1.0,
               steps=50, precision="32-true")  # fmt: skip
