@@ -565,25 +565,26 @@ def speedups(reference: dict[int, list[tuple[float, float]]], runs: dict[int, tu
 
 
 def summarize_speedup(per_seed: dict[int, tuple[float, str]], level: float = LEVEL) -> dict[str, Any]:
-    """Geometric mean of the per-seed speed-ups with a t interval on their logs; when a seed lies
-    beyond the reference's points, the bound ("> 2x", "< 0.5x": ``bound`` and ``side``) instead of a
-    number."""
+    """Geometric mean of the per-seed speed-ups with a t interval on their logs. When seeds lie beyond
+    the reference's points (their ratio is only known to be above or below the bound of its steps),
+    the geometric mean with those seeds at their bound is a bound on it: "> 2x", "< 0.62x" (``bound``
+    and ``side``); no number when seeds lie beyond on both sides."""
     ratios = [r for r, _ in per_seed.values()]
     marks = [m for _, m in per_seed.values()]
     if not ratios:
         return {"speedup": math.nan, "low": math.nan, "high": math.nan, "text": "n/a", "n": 0}
-    if any(marks):
-        bound, side = math.nan, ""
-        if all(m == ">" for m in marks):
-            bound, side = min(ratios), ">"
-            text = f"> {bound:.2g}x"
-        elif all(m == "<" for m in marks):
-            bound, side = max(ratios), "<"
-            text = f"< {bound:.2g}x"
-        else:
-            text = "beyond the reference's steps for " + f"{sum(bool(m) for m in marks)} of {len(marks)} seeds"
-        out = {"speedup": math.nan, "low": math.nan, "high": math.nan, "text": text, "n": len(ratios)}
-        return {**out, "bound": bound, "side": side}
+    if any(marks):  # a censored seed's ratio is its bound: the geometric mean is then a bound too
+        sides = {m for m in marks if m}
+        out = {"speedup": math.nan, "low": math.nan, "high": math.nan, "n": len(ratios), "bound": math.nan}
+        if len(sides) > 1:
+            return {**out, "side": "", "text": "beyond the reference's steps on both sides"}
+        side = sides.pop()
+        bound = math.exp(float(np.mean(np.log(ratios))))
+        beyond = sum(bool(m) for m in marks)
+        text = f"{side} {bound:.2g}x" + (
+            f" ({beyond} of {len(marks)} seeds beyond the reference's steps)" * (beyond < len(marks))
+        )
+        return {**out, "bound": bound, "side": side, "text": text, "short": f"{side} {bound:.2g}x"}
     mean, low, high = t_interval([math.log(r) for r in ratios], level)
     out = {"speedup": math.exp(mean), "low": math.exp(low), "high": math.exp(high), "n": len(ratios)}
     out["text"] = f"{out['speedup']:.2f}x" + (f" [{out['low']:.2f}, {out['high']:.2f}]" if len(ratios) > 1 else "")
@@ -719,6 +720,9 @@ def _workload_section(
         runs = {r["seed"]: (r["steps"], r[metric]) for r in tuned.to_dict("records") if r["steps"]}
         sp = summarize_speedup(speedups({s: c for s, c in curve.items() if len(c) >= 2}, runs))
         wall = sp["speedup"] / times[name] if name in times and math.isfinite(sp["speedup"]) else math.nan
+        wall_text = f"{wall:.2f}x" if math.isfinite(wall) else "n/a"
+        if name in times and math.isfinite(sp.get("bound", math.nan)):  # a bound in steps is one in time too
+            wall_text = f"{sp['side']} {sp['bound'] / times[name]:.2g}x"
         forest[name] = {**sp, "wallclock": wall}
         best = tuned.iloc[0] if len(tuned) else None
         rows.append(
@@ -744,6 +748,7 @@ def _workload_section(
                 "speedup": sp["text"],
                 "step_time_vs_ref": times.get(name, math.nan),
                 "speedup_wallclock": wall,
+                "wallclock": wall_text,
             }
         )
     table = pd.DataFrame(rows)
@@ -779,7 +784,7 @@ def _workload_section(
     )
     lines.append("|---|---|---|---|---|---|---|---|")
     for r in table.to_dict("records"):
-        wall = f"{r['speedup_wallclock']:.2f}x" if math.isfinite(r["speedup_wallclock"]) else "n/a"
+        wall = r["wallclock"]
         lines.append(
             f"| {r['optimizer']} | {_ci(r[f'tuned_{monitor}'], r['tuned_low'], r['tuned_high'])} | "
             f"{_ci(r[f'default_{monitor}'], r['default_low'], r['default_high'])} | {_p(r.get('p_holm'))} | "
@@ -837,16 +842,11 @@ def verdict_line(workload: str, recs, table, space: dict[str, Any], monitor: str
     groups = {v: [n for n in names if n in rows.index and rows.loc[n, "verdict"] == v] for v in ("faster", "slower")}
     groups["inconclusive"] = [n for n in names if n != ref and n not in groups["faster"] + groups["slower"]]
 
-    def named(n: str) -> str:
-        wall = rows.loc[n, "speedup_wallclock"]
-        return f"{n} ({rows.loc[n, 'speedup']} in steps" + (
-            f", {wall:.2f}x wall-clock)" if math.isfinite(wall) else ")"
-        )
+    def named(n: str) -> str:  # its speed-up in steps, and in time where the bench measured its step
+        wall = rows.loc[n, "wallclock"]
+        return f"{n} at {rows.loc[n, 'speedup']} in steps" + (f" and {wall} wall-clock" if wall != "n/a" else "")
 
-    said = "; ".join(  # the inconclusive ones by name: their speed-ups' intervals are in the table
-        f"{v}: {', '.join(named(n) if v != 'inconclusive' else n for n in ns) if ns else 'none'}"
-        for v, ns in groups.items()
-    )
+    said = "; ".join(f"{v}: {', '.join(map(named, ns)) if ns else 'none'}" for v, ns in groups.items())
     r = rows.loc[ref]
     return (
         f"{head}, {len(names) - 1} optimizers against tuned {ref}, each with {space['trials']} search trials and "
@@ -875,7 +875,7 @@ def _speedup_figure(workload: str, forest: dict[str, dict[str, Any]], ref: str, 
         return sp["speedup"] if math.isfinite(sp["speedup"]) else sp.get("bound", math.nan)
 
     order = sorted(shown.items(), key=lambda it: (not math.isfinite(at(it[1])), np.nan_to_num(at(it[1]))))
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.6))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(order) + 1.6))
     for y, (_, sp) in enumerate(order):
         if math.isfinite(sp["speedup"]):
             err = [[sp["speedup"] - sp["low"]], [sp["high"] - sp["speedup"]]] if math.isfinite(sp["low"]) else None
@@ -888,9 +888,9 @@ def _speedup_figure(workload: str, forest: dict[str, dict[str, Any]], ref: str, 
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_yticks(range(len(order)), [f"{name}  {sp['text']}" for name, sp in order], fontsize=8)
+    ax.set_yticks(range(len(order)), [f"{name}  {sp.get('short', sp['text'])}" for name, sp in order], fontsize=8)
     ax.set_ylim(-0.7, len(order) - 0.3)
-    ax.set_xlabel(f"speed-up over tuned {ref} (steps to its final loss; > 1: faster)")
+    ax.set_xlabel(f"speed-up over tuned {ref} (> 1: faster)")
     ax.plot([], [], "o", color="C0", label=f"steps ({LEVEL:.0%} t interval over seeds)")
     ax.plot([], [], "o", mfc="none", color="C3", label="wall-clock (steps / time per step)")
     ax.legend(fontsize=7, loc="lower right")

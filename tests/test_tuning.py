@@ -83,9 +83,16 @@ def test_speedups_per_seed_and_interval_against_scipy():
     assert rel(summary["low"], math.exp(low)) and rel(summary["high"], math.exp(high))
     beyond = tuning.summarize_speedup(tuning.speedups(reference, {1: (200, 1.1), 2: (200, 1.0)}))
     assert beyond["text"] == "> 2x" and math.isnan(beyond["speedup"])
-    assert beyond["bound"] == 2.0 and beyond["side"] == ">"  # the figure draws it as an arrow at 2x
+    assert rel(beyond["bound"], 2.0) and beyond["side"] == ">"  # the figure draws it as an arrow at 2x
     below = tuning.summarize_speedup(tuning.speedups(reference, {1: (200, 2.5), 2: (200, 2.1)}))
-    assert below["text"] == "< 0.5x" and below["bound"] == 0.5 and below["side"] == "<"
+    assert below["text"] == "< 0.5x" and rel(below["bound"], 0.5) and below["side"] == "<"
+    # one seed below AdamW's 1/2x run, one at sqrt(2): the geometric mean with the first at its bound
+    # (0.5) bounds the geometric mean from above
+    mixed = tuning.summarize_speedup(tuning.speedups(reference, {1: (200, 1.35), 2: (200, 2.5)}))
+    assert rel(mixed["bound"], 2**-0.25) and mixed["side"] == "<" and math.isnan(mixed["speedup"])
+    assert mixed["text"] == "< 0.84x (1 of 2 seeds beyond the reference's steps)"
+    both = tuning.summarize_speedup(tuning.speedups(reference, {1: (200, 1.0), 2: (200, 2.5)}))
+    assert both["text"] == "beyond the reference's steps on both sides" and math.isnan(both["bound"])
 
 
 def test_holm_by_hand():
@@ -349,10 +356,13 @@ def test_report_on_hand_made_runs(tmp_path):
         text = tuning.report([logs], tmp_path / "all", bench).read_text()
     logs_lion = np.log(2) * np.array([-0.6, -0.7, -0.8])  # lion's speed-ups 2^(w - 1), w = (2 - loss) / 0.5
     lo, hi = np.exp(sps.t.interval(0.95, df=2, loc=logs_lion.mean(), scale=sps.sem(logs_lion)))
+    logs_sgd = np.log([math.sqrt(2), 1.0, 2**0.2 / 2])
+    slo, shi = np.exp(sps.t.interval(0.95, df=2, loc=logs_sgd.mean(), scale=sps.sem(logs_sgd)))
     assert (
         "**Verdict** (vit), 2 optimizers against tuned adamw, each with 16 search trials and seeds 1, 2, 3 (final "
-        f"validation loss, paired by seed, Holm-adjusted): faster: none; slower: lion ({2**-0.7:.2f}x [{lo:.2f}, "
-        f"{hi:.2f}] in steps); inconclusive: sgd. Tuned adamw's val/acc 0.62 ["
+        f"validation loss, paired by seed, Holm-adjusted): faster: none; slower: lion at {2**-0.7:.2f}x [{lo:.2f}, "
+        f"{hi:.2f}] in steps; inconclusive: sgd at {want:.2f}x [{slo:.2f}, {shi:.2f}] in steps and {want / 0.8:.2f}x "
+        "wall-clock. Tuned adamw's val/acc 0.62 ["
     ) in text
     # a speed-up run that did not train its factor x the confirm run's steps is refused, by name
     _fake_run(logs / "speedup" / "adamw", "broken", optimizer="adamw", stage="speedup", k=1, seed=1, score=0.2,
