@@ -46,6 +46,16 @@ EVENT_GLOB = "events.out.tfevents.*"
 STUDY_AXES = ("model.num_layers", "model.norm")
 
 
+def shown(run: Path) -> str:
+    """A run's folder as reports write it: relative to the working directory when it lies below it
+    (``docs/results/cpu/runs/...``, the same on every clone), else absolute."""
+    run = Path(run)
+    try:
+        return str(run.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(run)
+
+
 def _optimizer_key(choices: dict[str, Any], config: dict[str, Any]) -> str | None:
     """adam | adamw | sgd | momentum, from Hydra's choice or else from the optimizer target."""
     if choices.get("optimizer"):
@@ -131,7 +141,7 @@ def describe_run(run: Path) -> dict[str, Any]:
     label = experiment.get("label") or config.get("label") or _default_label(task, optimizer, num_layers, norm, run)
     seed = (summary or {}).get("seed", config.get("seed"))
     record: dict[str, Any] = {
-        "run": str(run),
+        "run": shown(run),
         "name": run.name,
         "status": (summary or {}).get("status", "no metrics.json"),
         "task": task,
@@ -259,7 +269,7 @@ def load_scalars(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
                 frames.append(
                     pd.DataFrame(
                         {
-                            "run": str(run),
+                            "run": shown(run),
                             "tag": tag,
                             "step": [e.step for e in events],
                             "wall_time": [e.wall_time for e in events],
