@@ -860,8 +860,8 @@ def _speedup_figure(workload: str, forest: dict[str, dict[str, Any]], ref: str, 
     """Each optimizer's step speed-up over the tuned reference on a log axis: the geometric mean over
     seeds with its interval, a bound as an arrow where the seeds lie beyond the reference's steps, and
     the wall-clock speed-up as an open marker. False (nothing drawn) when no speed-up is known yet."""
-    shown = {n: sp for n, sp in forest.items() if n != ref and sp.get("n")}
-    known = [sp for sp in shown.values() if math.isfinite(sp["speedup"]) or math.isfinite(sp.get("bound", math.nan))]
+    drawn = {n: sp for n, sp in forest.items() if n != ref and sp.get("n")}
+    known = [sp for sp in drawn.values() if math.isfinite(sp["speedup"]) or math.isfinite(sp.get("bound", math.nan))]
     if not known:
         path.unlink(missing_ok=True)
         return False
@@ -874,7 +874,7 @@ def _speedup_figure(workload: str, forest: dict[str, dict[str, Any]], ref: str, 
     def at(sp: dict[str, Any]) -> float:  # where it is drawn: the speed-up, else its bound (nan: not drawn)
         return sp["speedup"] if math.isfinite(sp["speedup"]) else sp.get("bound", math.nan)
 
-    order = sorted(shown.items(), key=lambda it: (not math.isfinite(at(it[1])), np.nan_to_num(at(it[1]))))
+    order = sorted(drawn.items(), key=lambda it: (not math.isfinite(at(it[1])), np.nan_to_num(at(it[1]))))
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(order) + 1.6))
     for y, (_, sp) in enumerate(order):
         if math.isfinite(sp["speedup"]):
