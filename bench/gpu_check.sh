@@ -12,7 +12,9 @@
 #       loader workers) alone on the GPU: its train time beside the study's 392.75 s
 #   (d) the Trainer/plain ratio of the 2-layer ViT, and our per-step overhead vs bare Lightning (--tiny)
 #   (e) config 2 alone for 3 epochs: uncompiled, model.compile=true, + model.compile_mode=reduce-overhead
-#   and the other paired benchmarks of bench/ (start-up included). Results: $OUT/summary.md (epoch
+#   and the other paired benchmarks of bench/ (start-up included). STEPS picks some of them, in this
+#   order (default: all): STEPS='table1 compile bench' bash bench/gpu_check.sh skips (a), (c) and (d);
+#   the names are table2, table1, plain, overhead, compile, bench. Results: $OUT/summary.md (epoch
 #   times beside the study's 392.75 s, 61.73 %, 1294 MB; table wall times), $OUT/results.jsonl,
 #   $OUT/runs.tar.gz (every run directory without checkpoints or event files: metrics.json,
 #   config.yaml, dynamics.jsonl, train.log; what `python -m analysis` reads) and $OUT/logs.tar.gz
@@ -35,6 +37,13 @@ OUT=${OUT:-$WORK/out}
 STEPLOGS=$WORK/steplogs   # one log per step, packed into $OUT/logs.tar.gz (few files come back)
 SCALE=$([ "$SMOKE" = 1 ] && echo 6 || echo 1)   # a loaded CPU is far slower: longer limits
 BUDGET=${BUDGET_S:-$((570 * SCALE))}    # stop starting new steps after this many seconds
+STEPS=" ${STEPS:-table2 table1 plain overhead compile bench} "
+for step in $STEPS; do
+  case $step in table2 | table1 | plain | overhead | compile | bench) ;;
+    *) echo "STEPS: unknown step '$step'; the steps are: table2 table1 plain overhead compile bench" >&2; exit 2 ;;
+  esac
+done
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$WORK" "$OUT" "$STEPLOGS"
 SUMMARY=$OUT/summary.md
 RESULTS=$OUT/results.jsonl
@@ -170,27 +179,31 @@ pack() {  # the run directories (no checkpoints, no event files) and the step lo
     --exclude='events.out.tfevents.*' . 2>/dev/null
   tar czf "$OUT/logs.tar.gz" -C "$STEPLOGS" . 2>/dev/null
 }
-table table2_seeds 330 "$SEEDS" hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS
-pack
-TABLE_SEL='TABLE1[@]' TABLE_ARGS_SEL='TABLE1_ARGS[@]' table table1_seeds 120 "$SEEDS" \
-  hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS1
-pack
-train plain 150 "$EPOCHS"
-pack
-bench 45 bench/trainer_overhead.py --device "$DEV" --tiny --rounds "$(S 2 4)" --repeats "$(S 2 50)" --warmup "$(S 1 10)"
-bench 45 bench/trainer_overhead.py --device "$DEV" --repeats "$(S 1 30)" --warmup "$(S 0 5)"
-train fast 45 "$SHORT" "${FAST[@]}"   # the uncompiled reference for the two below, alone on the GPU
-train compile 80 "$SHORT" "${FAST[@]}" "${COMPILE[@]}"
-[ ${#CUDAGRAPHS[@]} -gt 0 ] && train cudagraphs 80 "$SHORT" "${FAST[@]}" "${CUDAGRAPHS[@]}"
+want table2 && { table table2_seeds 330 "$SEEDS" hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS; pack; }
+# 18 jobs, 9 at a time: two rounds of 10 epochs (about 11.4 s an epoch side by side on an H100)
+want table1 && { TABLE_SEL='TABLE1[@]' TABLE_ARGS_SEL='TABLE1_ARGS[@]' table table1_seeds 280 "$SEEDS" \
+  hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS1; pack; }
+want plain && { train plain 150 "$EPOCHS"; pack; }
+if want overhead; then
+  bench 45 bench/trainer_overhead.py --device "$DEV" --tiny --rounds "$(S 2 4)" --repeats "$(S 2 50)" --warmup "$(S 1 10)"
+  bench 45 bench/trainer_overhead.py --device "$DEV" --repeats "$(S 1 30)" --warmup "$(S 0 5)"
+fi
+if want compile; then
+  train fast 45 "$SHORT" "${FAST[@]}"   # the uncompiled reference for the two below, alone on the GPU
+  train compile 80 "$SHORT" "${FAST[@]}" "${COMPILE[@]}"
+  [ ${#CUDAGRAPHS[@]} -gt 0 ] && train cudagraphs 80 "$SHORT" "${FAST[@]}" "${CUDAGRAPHS[@]}"
+fi
 "$PY" bench/gpu_summary.py "${RUNS[@]}" --out "$RESULTS" | tee -a "$SUMMARY"
 
 # -- 4. the other paired benchmarks on this device --------------------------------------------------
-bench 40 bench/attention.py --device "$DEV" --iters "$(S 1 20)"
-bench 40 bench/vit_vs_timm.py --device "$DEV" --iters "$(S 1 20)"
-bench 60 bench/data_throughput.py --device "$DEV" --batches "$(S 2 20)" --steps "$(S 1 20)"
-bench 30 bench/startup.py --device "$DEV" --repeats "$(S 1 3)" --warmup "$(S 0 1)"
-# shellcheck disable=SC2046
-bench 90 bench/memory.py --device "$DEV" --batches "$(S 1 5)" --only $(S 2 "2 6")
+if want bench; then
+  bench 40 bench/attention.py --device "$DEV" --iters "$(S 1 20)"
+  bench 40 bench/vit_vs_timm.py --device "$DEV" --iters "$(S 1 20)"
+  bench 60 bench/data_throughput.py --device "$DEV" --batches "$(S 2 20)" --steps "$(S 1 20)"
+  bench 30 bench/startup.py --device "$DEV" --repeats "$(S 1 3)" --warmup "$(S 0 1)"
+  # shellcheck disable=SC2046
+  bench 90 bench/memory.py --device "$DEV" --batches "$(S 1 5)" --only $(S 2 "2 6")
+fi
 
 "$PY" - "$RESULTS" <<'EOF' | tee -a "$SUMMARY"
 import json, sys

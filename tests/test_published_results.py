@@ -36,7 +36,12 @@ def _tuning() -> tuple[list[str], Path]:
 
 # every folder of docs/results/ that holds runs/, and how its report is written (REPRODUCTION.md and
 # each folder's README print the same commands)
-REPORTS = {"cpu": lambda: _study("cpu"), "full": lambda: _study("full"), "cpu/tuning": _tuning}
+REPORTS = {
+    "cpu": lambda: _study("cpu"),
+    "full": lambda: _study("full"),
+    "full-h100": lambda: _study("full-h100"),
+    "cpu/tuning": _tuning,
+}
 
 
 def test_every_published_runs_folder_has_its_report_rebuilt_here():
@@ -82,7 +87,7 @@ def test_the_committed_report_is_what_its_runs_give(folder, tmp_path):
 
 def test_the_results_index_counts_the_runs_each_folder_holds():
     index = (RESULTS / "README.md").read_text()
-    rows = re.findall(r"^\| `([\w/]+)/` \|[^|]*\| (\d+)", index, flags=re.M)
+    rows = re.findall(r"^\| `([\w/-]+)/` \|[^|]*\| (\d+)", index, flags=re.M)
     assert {folder for folder, _ in rows} == set(REPORTS), rows
     for folder, count in rows:
         runs = len(list((RESULTS / folder / "runs").rglob("metrics.json")))
