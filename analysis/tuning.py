@@ -832,12 +832,15 @@ def verdict_line(workload: str, recs, table, space: dict[str, Any], monitor: str
             len(finished[(finished.stage == stage) & finished.optimizer.isin(names if stage != "speedup" else [ref])]),
             planned[stage] * (len(names) if stage != "speedup" else 1),
         )
-        for stage in ("confirm", "speedup")
+        for stage in ("search", "confirm", "speedup")
     }
     head = f"**Verdict** ({workload})"
-    if any(done < total for done, total in count.values()):
-        (c, ct), (s, st) = count["confirm"], count["speedup"]
-        return f"{head}: none yet; the confirm stage has {c} of {ct} runs, the speed-up stage {s} of {st}."
+    if any(done < total for stage, (done, total) in count.items() if stage != "search"):
+        (r, rt), (c, ct), (s, st) = count["search"], count["confirm"], count["speedup"]
+        return (
+            f"{head}: none yet; the search stage has {r} of {rt} runs, the confirm stage {c} of {ct}, "
+            f"the speed-up stage {s} of {st}."
+        )
     rows = table.set_index("optimizer")
     groups = {v: [n for n in names if n in rows.index and rows.loc[n, "verdict"] == v] for v in ("faster", "slower")}
     groups["inconclusive"] = [n for n in names if n != ref and n not in groups["faster"] + groups["slower"]]
