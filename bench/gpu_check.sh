@@ -4,18 +4,18 @@
 # wheels in .whl/ (only where the machine's python lacks them), CIFAR-10 is rebuilt from the JPEG
 # archive, WikiText-2 and the GPT-2 files come from .gpu/. Then, most important first (a step is
 # skipped when the time budget runs short):
-#   (a) Table 2 x seeds 1, 2, 3 at full scale (10 epochs, 45k images), side by side on the one GPU
+#   (a) table2: Table 2 x seeds 1, 2, 3 at full scale (10 epochs, 45k images), side by side on the one GPU
 #       (hydra/launcher=joblib), fast settings (model.attention=sdpa trainer.precision=bf16-mixed
 #       data.device_augment=true, divergence check every 50 steps): the study's table with seeds
-#   (b) Table 1 x seeds 1, 2, 3 on the offline split (data=wikitext2_offline), 10 epochs, side by side
-#   (c) the study's plain settings (config 2: explicit attention, fp32, per-image augmentation in
+#   (b) table1: Table 1 x seeds 1, 2, 3 on the offline split (data=wikitext2_offline), 10 epochs, side by side
+#   (c) plain: the study's plain settings (config 2: explicit attention, fp32, per-image augmentation in
 #       loader workers) alone on the GPU: its train time beside the study's 392.75 s
-#   (d) the Trainer/plain ratio of the 2-layer ViT, and our per-step overhead vs bare Lightning (--tiny)
-#   (e) config 2 alone for 3 epochs: uncompiled, model.compile=true, + model.compile_mode=reduce-overhead
-#   and the other paired benchmarks of bench/ (start-up included). STEPS picks some of them, in this
-#   order (default: all): STEPS='table1 compile bench' bash bench/gpu_check.sh skips (a), (c) and (d);
-#   the names are table2, table1, plain, overhead, compile, bench. Results: $OUT/summary.md (epoch
-#   times beside the study's 392.75 s, 61.73 %, 1294 MB; table wall times), $OUT/results.jsonl,
+#   (d) overhead: the Trainer/plain ratio of the 2-layer ViT, and our per-step overhead vs bare Lightning (--tiny)
+#   (e) compile: config 2 alone for 3 epochs: uncompiled, model.compile=true, + model.compile_mode=reduce-overhead
+#   and bench: the other paired benchmarks of bench/ (start-up included). STEPS picks some of them, in this
+#   order (default: all): STEPS='table1 compile bench' bash bench/gpu_check.sh skips (a), (c) and (d).
+#   Results: $OUT/summary.md (epoch times beside the study's 392.75 s, 61.73 %, 1294 MB; table wall
+#   times), $OUT/results.jsonl,
 #   $OUT/runs.tar.gz (every run directory without checkpoints or event files: metrics.json,
 #   config.yaml, dynamics.jsonl, train.log; what `python -m analysis` reads) and $OUT/logs.tar.gz
 #   (one log per step).
@@ -37,11 +37,10 @@ OUT=${OUT:-$WORK/out}
 STEPLOGS=$WORK/steplogs   # one log per step, packed into $OUT/logs.tar.gz (few files come back)
 SCALE=$([ "$SMOKE" = 1 ] && echo 6 || echo 1)   # a loaded CPU is far slower: longer limits
 BUDGET=${BUDGET_S:-$((570 * SCALE))}    # stop starting new steps after this many seconds
-STEPS=" ${STEPS:-table2 table1 plain overhead compile bench} "
+ALL_STEPS="table2 table1 plain overhead compile bench"   # (a)-(e) and the benchmarks, in their order
+STEPS=" ${STEPS:-$ALL_STEPS} "
 for step in $STEPS; do
-  case $step in table2 | table1 | plain | overhead | compile | bench) ;;
-    *) echo "STEPS: unknown step '$step'; the steps are: table2 table1 plain overhead compile bench" >&2; exit 2 ;;
-  esac
+  [[ " $ALL_STEPS " == *" $step "* ]] || { echo "STEPS: unknown step '$step'; the steps are: $ALL_STEPS" >&2; exit 2; }
 done
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$WORK" "$OUT" "$STEPLOGS"
@@ -94,13 +93,7 @@ done
 say "data ready in $DATA_DIR: $(ls "$DATA_DIR" | tr '\n' ' ')"
 
 # -- 3. training runs ----------------------------------------------------------------------------
-# In order of what matters most (each step is skipped when too little of the budget is left):
-#   a. Table 2 side by side: its 7 configurations, 10 epochs each, all at once on the one GPU
-#      (hydra/launcher=joblib n_jobs=7): the wall time against the 60 s target
-#   b. the Trainer/plain ratio of the 2-layer ViT and our per-step overhead against bare Lightning's
-#   c. Table 2 one job at a time (the basic launcher): the wall time side by side saves
-#   d. config 2 alone, 3 epochs: uncompiled, model.compile=true, + model.compile_mode=reduce-overhead
-#   e. the study's plain settings (config 2), then the other benchmarks
+# The steps (a)-(e) and the benchmarks of the header, in that order (STEPS names them).
 if [ "$SMOKE" = 1 ]; then
   EPOCHS=1 SHORT=1
   LIMITS=(trainer.accelerator=cpu trainer.limit_train_batches=2
@@ -196,7 +189,7 @@ if want compile; then
   train compile 80 "$SHORT" "${FAST[@]}" "${COMPILE[@]}"
   [ ${#CUDAGRAPHS[@]} -gt 0 ] && train cudagraphs 80 "$SHORT" "${FAST[@]}" "${CUDAGRAPHS[@]}"
 fi
-"$PY" bench/gpu_summary.py "${RUNS[@]}" --out "$RESULTS" | tee -a "$SUMMARY"
+[ ${#RUNS[@]} -gt 0 ] && "$PY" bench/gpu_summary.py "${RUNS[@]}" --out "$RESULTS" | tee -a "$SUMMARY"
 
 # -- 4. the other paired benchmarks on this device --------------------------------------------------
 if want bench; then
