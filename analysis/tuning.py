@@ -784,11 +784,10 @@ def _workload_section(
     )
     lines.append("|---|---|---|---|---|---|---|---|")
     for r in table.to_dict("records"):
-        wall = r["wallclock"]
         lines.append(
             f"| {r['optimizer']} | {_ci(r[f'tuned_{monitor}'], r['tuned_low'], r['tuned_high'])} | "
             f"{_ci(r[f'default_{monitor}'], r['default_low'], r['default_high'])} | {_p(r.get('p_holm'))} | "
-            f"{r['speedup']} | {wall} | {r['verdict']} | {_p(r.get('p_vs_ref_holm'))} |"
+            f"{r['speedup']} | {r['wallclock']} | {r['verdict']} | {_p(r.get('p_vs_ref_holm'))} |"
         )
     return lines + [""]
 
