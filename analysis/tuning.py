@@ -48,6 +48,7 @@ SPACE_FILE = CONF_DIR / "tuning" / "space.yaml"
 STAGES = ("search", "confirm", "speedup")
 DEFAULT = "default"  # trial k of the usual setting (factor 1, the optimizer's own weight decay and warm-up)
 DONE = FINISHED + FAILED  # a job with one of these statuses has its result
+EDGE = 0.1  # a best trial in this outer fraction of a dimension's range is marked "near a bound"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,6 +117,26 @@ def trial_values(space: dict[str, Any], usual: dict[str, Any], u: np.ndarray) ->
         else:
             value = low + coord * (high - low)
         out[name] = _sig(value)
+    return out
+
+
+def near_bounds(space: dict[str, Any], k: int, values: dict[str, Any]) -> list[str]:
+    """The dimensions where trial ``k`` lies in the outer ``EDGE`` of the searched range, as
+    "<name> low" / "<name> high": there the best setting may lie beyond the space (the Tuning
+    Playbook's boundary check). Only the searched dimensions of ``values`` (the trial's settings: a
+    missing or None one, or a log-factor one at 0, Adam's weight decay, was not searched) count, and
+    a uniform range's bound at 0 (no warm-up) is a limit, not a boundary of the search."""
+    u = unit_points(space, max(space["trials"], k + 1))[k]
+    out = []
+    for coord, (name, dim) in zip(u, space["dimensions"].items()):
+        value = values.get(name)
+        kind, (low, high) = next(iter(dim.items()))
+        if value is None or value != value or (kind == "log_factor" and value == 0):
+            continue
+        if coord < EDGE and not (kind == "uniform" and low == 0):
+            out.append(f"{name} low")
+        elif coord >= 1 - EDGE and not (kind == "uniform" and high == 0):
+            out.append(f"{name} high")
     return out
 
 
@@ -924,6 +945,7 @@ def _search_table(workload, search, wl, space, monitor: str, mode: str, out: Pat
                 "warmup_fraction": best["warmup_fraction"],
                 f"best_{monitor}": scores[i],
                 f"median_{monitor}": float(np.median(scores)),
+                "near_bound": "; ".join(near_bounds(space, int(best["k"]), best)),
             }
         )
     pd.DataFrame(rows).to_csv(out / f"tuning_{workload}_search.csv", index=False)
@@ -932,10 +954,12 @@ def _search_table(workload, search, wl, space, monitor: str, mode: str, out: Pat
         "",
         f"Search ({' '.join(wl['search'])}, seed {space['search_seed']}; {n} trials an optimizer): final {monitor} "
         "of the best trial and the median trial (a failed or diverged one scores "
-        f"{wl['failed_score']:g}); lr as run (after the optimizer's lr_scale).",
+        f"{wl['failed_score']:g}); lr as run (after the optimizer's lr_scale). Near a bound: a setting of the "
+        f"best trial in the outer {EDGE:.0%} of its searched range (in the unit cube of the Sobol points), where "
+        "the best setting may lie beyond the space; no trial beyond it was run.",
         "",
-        f"| optimizer | trials | best {monitor} | median | best trial: lr, weight decay, warm-up |",
-        "|---|---|---|---|---|",
+        f"| optimizer | trials | best {monitor} | median | best trial: lr, weight decay, warm-up | near a bound |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         warm = (
@@ -944,7 +968,7 @@ def _search_table(workload, search, wl, space, monitor: str, mode: str, out: Pat
         done = f"{r['trials']} of {n}" + (f" ({r['failed']} failed)" if r["failed"] else "")
         lines.append(
             f"| {r['optimizer']} | {done} | {r[f'best_{monitor}']:.4g} | {r[f'median_{monitor}']:.4g} | "
-            f"{r['lr']:.3g}, {r['weight_decay']:.3g}, {warm} |"
+            f"{r['lr']:.3g}, {r['weight_decay']:.3g}, {warm} | {r['near_bound'] or '-'} |"
         )
     return lines + [""]
 

@@ -148,6 +148,30 @@ def test_same_sobol_point_for_every_optimizer():
     assert np.allclose(factors["adamw"], factors["adam"], rtol=1e-3)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "schedulefree_adamw"])
+def test_near_a_bound_from_the_trials_own_settings(optimizer):
+    """A best trial's setting in the outer tenth of its range is marked, read here from the trial's
+    values against the usual setting (not from the Sobol point): lr and weight decay as log factors of
+    10^-1..10^1, warm-up in 0..0.2, whose bound at 0 (no warm-up) is a limit, not marked."""
+    space = tuning.load_space()
+    (sweep,) = tuning.plan("lstm", "search", optimizers=[optimizer], space=space)
+    usual = tuning.usual_settings("lstm", optimizer, space)
+    marked = []
+    for t in _trials(sweep):
+        want = []
+        for name in ("lr", "weight_decay"):
+            if usual[name]:
+                position = (math.log10(t[name] / usual[name]) + 1) / 2  # 0 .. 1 over the log range
+                want += [f"{name} low"] if position < 0.1 else [f"{name} high"] if position >= 0.9 else []
+        if t.get("warmup_fraction") is not None and t["warmup_fraction"] >= 0.18:
+            want.append("warmup_fraction high")
+        assert tuning.near_bounds(space, t["k"], t) == want, t
+        marked += want
+    assert "lr high" in marked and "lr low" in marked  # 16 Sobol points reach both ends of lr's range
+    assert ("weight_decay low" in marked) == (optimizer != "adam")  # Adam's weight decay stays 0
+    assert ("warmup_fraction high" in marked) == (optimizer != "schedulefree_adamw")  # no warm-up searched
+
+
 @pytest.mark.parametrize("workload,model", [("vit", "vit"), ("lstm", "lstm")])
 def test_space_centred_on_each_optimizers_usual_setting(workload, model):
     """The centre of every log range (u = 0.5) is the optimizer's usual lr (the model's lr x its
@@ -335,6 +359,9 @@ def test_report_on_hand_made_runs(tmp_path):
     )
     assert rel(search.loc["sgd", "best_val/acc"], 0.4) and rel(search.loc["sgd", "median_val/acc"], 0.3)
     assert "| sgd | 3 of 16 (1 failed) | 0.4 | 0.3 |" in md.read_text()
+    # the best trial of both, trial 1, lies in the low tenth of lr's range (Sobol point 1, from scipy)
+    assert qmc.Sobol(d=3, scramble=True, seed=tuning.load_space()["seed"]).random(2)[1][0] < 0.1
+    assert search.loc["sgd", "near_bound"] == "lr low" and "| lr low |" in md.read_text()
     assert "## Optimizers, tuned equally" in md.read_text()
     # the CPUs the runs were made on, and the one the time per step was measured on
     assert "Runs made on: CPU A: 28 runs; CPU B: 2 runs." in md.read_text()
