@@ -9,11 +9,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError
-from lmvit.runs import check_checkpoint, find_run_dirs, load_metrics, read_hydra
+from lmvit.runs import check_checkpoint, checkpoint_damage, find_run_dirs, load_metrics, read_hydra
 
 # what a rerun sweep does with a job it finds in its directory, by the job's metrics.json status
 FINISHED = ("completed",)  # skipped
 FAILED = ("failed", "diverged")  # skipped, or started again with rerun_failed=true
+# stopped by the machine (a full disk, an I/O error, no memory: lmvit.errors.machine_failure), not by
+# its settings: continued from its last.ckpt like a stopped run (started again if that file is damaged)
+CRASHED = "crashed"
 # trained but killed while it tested (a SIGKILL, a lost machine): metrics.json says "completed" from
 # the end of fit, and the test result never came; its resume only tests it (see :func:`run_status`)
 UNTESTED = "untested"
@@ -101,15 +104,19 @@ def saved_status(run_dir: Path) -> str | None:
 def sweep_job_plan(job_dir: Path, rerun_failed: bool) -> str:
     """What a job of a rerun sweep does with what it finds in its own directory:
 
-    ``skip`` (it completed, or it failed and ``rerun_failed`` is false), ``resume`` (it was killed or
-    stopped, in training or in its test: its ``last.ckpt`` continues it exactly as ``resume=`` does)
+    ``skip`` (it completed, or it failed and ``rerun_failed`` is false), ``resume`` (it was killed,
+    stopped or :data:`CRASHED`, in training or in its test: its ``last.ckpt`` continues it exactly as
+    ``resume=`` does)
     or ``new`` (nothing to continue from, or a failed job asked to run again). Job directories are
     named by their overrides (``hydra.job.override_dirname``), so a job always finds its own earlier
     session."""
     status = saved_status(job_dir)
     if status in FINISHED or (status in FAILED and not rerun_failed):
         return "skip"
-    resumable = (job_dir / "checkpoints" / "last.ckpt").is_file() and (job_dir / "config.yaml").is_file()
+    last = job_dir / "checkpoints" / "last.ckpt"
+    resumable = last.is_file() and (job_dir / "config.yaml").is_file()
+    if status == CRASHED and resumable:  # the failure may have cut the checkpoint it was writing
+        resumable = checkpoint_damage(last) is None
     if status not in FAILED and resumable:
         return "resume"
     return "new"

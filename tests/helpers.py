@@ -7,6 +7,7 @@ Tests import these one way: ``from tests.helpers import ...``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -108,7 +109,8 @@ class KillAtStep(pl.Callback):
     sweep can be killed in one job and rerun with the very same overrides; ``seed`` is the job's
     (``+callbacks.kill.seed=${seed}``). ``sig="SIGTERM"`` sends SIGTERM to the whole process group
     instead, as a scheduler or a container stop does (the loader workers get it too).
-    ``sig="SIGUSR1"`` sends SLURM's requeue signal to the training process.
+    ``sig="SIGUSR1"`` sends SLURM's requeue signal to the training process; ``sig="ENOSPC"`` raises
+    the ``OSError`` of a full disk instead of signalling.
     ``validation_batch=k`` signals after validation batch ``k`` of the validation that follows step
     ``step`` instead (a stop in the middle of an epoch's validation); ``test_batch=k`` after test
     batch ``k`` of a run that trained ``step`` steps (a stop while it tests); ``fit_end=true`` at
@@ -152,6 +154,8 @@ class KillAtStep(pl.Callback):
             self._signal()
 
     def _signal(self) -> None:
+        if self.sig == "ENOSPC":  # the disk filled up (as Lightning's checkpoint write reports it)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "checkpoints/last.ckpt")
         if self.sig in ("SIGKILL", "SIGUSR1"):  # a dying node; SLURM's requeue signal to the task
             os.kill(os.getpid(), getattr(signal, self.sig))
         else:

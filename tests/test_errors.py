@@ -3,6 +3,9 @@ bad setting), through ``train.py`` as users run it, before any data is loaded.""
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -89,6 +92,78 @@ def test_wrapped_user_error_is_found_and_exits_with_its_code():
         raise errors.DatasetError("gone")
     with pytest.raises(ValueError), ErrorPolicy(multirun=False):  # not the user's: traceback kept
         raise ValueError("a bug")
+
+
+def load_metrics_file(path):
+    return json.loads(path.read_text())
+
+
+def _raised(make):
+    try:
+        make()
+    except BaseException as exc:  # noqa: BLE001 - the test inspects what was raised
+        return exc
+    raise AssertionError("nothing raised")
+
+
+def test_a_failure_of_the_machine_is_told_from_a_failure_of_the_run(tmp_path):
+    """A full disk, an I/O error or no memory left (also wrapped, or raised while handling another
+    error) is the machine's: the run is ``crashed`` and a rerun continues it. A missing file, a bug
+    or a diverged loss is the run's own: ``failed`` / ``diverged``."""
+    import errno
+
+    from lightning_modules.callbacks.run_summary import RunSummary
+
+    def full_disk():
+        with open("/dev/full", "wb") as f:  # the kernel's always-full device: a real ENOSPC
+            f.write(b"x" * 65536)
+            f.flush()
+
+    def wrapped():
+        try:
+            full_disk()
+        except OSError as inner:
+            raise RuntimeError("saving the checkpoint failed") from inner
+
+    def while_handling():  # the error of a clean-up that ran into the full disk's error
+        try:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        except OSError:
+            raise ValueError("closing the log failed")  # noqa: B904 - the context chain is the point
+
+    def no_memory():
+        raise MemoryError
+
+    def missing():
+        open(tmp_path / "no-such-file")
+
+    for make, machine in ((full_disk, True), (wrapped, True), (while_handling, True), (no_memory, True),
+                          (missing, False), (lambda: 1 / 0, False)):  # fmt: skip
+        exc = _raised(make)
+        assert (errors.machine_failure(exc) is not None) is machine, repr(exc)
+    for exc, status in ((_raised(full_disk), "crashed"), (_raised(missing), "failed"),
+                        (errors.DivergenceError("loss is nan"), "diverged")):  # fmt: skip
+        summary = RunSummary(str(tmp_path / f"{status}.json"), task="vit", monitor="val/acc")
+        summary.fail(exc)
+        assert load_metrics_file(tmp_path / f"{status}.json")["status"] == status
+
+
+def test_a_crashed_sweep_job_resumes_unless_its_last_checkpoint_is_damaged(tmp_path):
+    import torch
+
+    from lmvit.resume import sweep_job_plan
+
+    job = tmp_path / "job"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "config.yaml").write_text("test: false\n")
+    last = job / "checkpoints" / "last.ckpt"
+    torch.save({"step": 16}, last)
+    for status, plan in (("crashed", "resume"), ("interrupted", "resume"), ("failed", "skip"), ("completed", "skip")):
+        (job / "metrics.json").write_text(json.dumps({"status": status}))
+        assert sweep_job_plan(job, rerun_failed=False) == plan, status
+    (job / "metrics.json").write_text(json.dumps({"status": "crashed"}))
+    last.write_bytes(last.read_bytes()[:100])  # the write the full disk cut short
+    assert sweep_job_plan(job, rerun_failed=False) == "new"
 
 
 @pytest.mark.parametrize(

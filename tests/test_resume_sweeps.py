@@ -14,6 +14,8 @@
   resumable; SIGKILL while it tests (metrics.json says completed, no test): the rerun sweep resumes
   it too. Either resume only tests, with the numbers of an uninterrupted run.
 - A rerun with other overrides is refused with one line.
+- A job stopped by a full disk (an ``OSError``, ENOSPC) is ``crashed``, not ``failed``: the rerun
+  continues it from its last checkpoint, with the numbers of an uninterrupted run.
 - The same on the joblib launcher, two jobs side by side, one SIGKILLed: the rerun finishes both.
 - On SLURM, the requeue signal (USR1) at a step: a checkpoint there, ``scontrol requeue`` of the
   job's array task, exit 138; the requeued job (the same command in the same environment) resumes
@@ -234,6 +236,29 @@ def test_a_killed_sweep_rerun_finishes_with_the_numbers_of_an_uninterrupted_one(
     error = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "holds a sweep of other settings" in error[0] and "model.dropout=0.2" in error[0]
     assert jobs(tmp_path / "b") == finished
+
+
+def test_a_job_stopped_by_a_full_disk_is_crashed_and_the_rerun_continues_it(tmp_path, data_dir, reference):
+    """An ``OSError`` of a full disk at step 17 of job 1: a failure of the machine, not of the job's
+    settings. The job says ``crashed`` with its error, the sweep goes on to job 2 and exits 1 naming
+    it; the rerun (the disk freed) continues job 1 from its last checkpoint, where a ``failed`` job
+    would be skipped, and it ends with the numbers of an uninterrupted run, its seconds summed."""
+    full = ["+callbacks.kill.sig=ENOSPC"]
+    stopped = sweep(tmp_path, tmp_path / "b", *full, kill=f"1:{STEP}", data_dir=data_dir)
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    first = jobs(tmp_path / "b")
+    assert first[1]["status"] == "crashed" and first[1]["error"]["type"] == "OSError"
+    assert "No space left on device" in first[1]["error"]["message"] and first[2]["status"] == "completed"
+    assert "crashed: [Errno 28] No space left on device" in stopped.stdout + stopped.stderr
+
+    rerun = sweep(tmp_path, tmp_path / "b", *full, data_dir=data_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resuming" in rerun.stdout + rerun.stderr
+    finished = jobs(tmp_path / "b")
+    assert all(m["status"] == "completed" for m in finished.values()) and finished[1]["error"] is None
+    for seed in (1, 2):
+        assert comparable(finished[seed]) == comparable(reference[seed])
+    assert_times_summed(finished[1], pieces=2)
 
 
 # --- a SIGTERM where Lightning does not look for one ----------------------------------------------

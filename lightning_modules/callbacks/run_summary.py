@@ -17,8 +17,9 @@ from pytorch_lightning.utilities import rank_zero_only
 from lightning_modules.callbacks.stop import is_stop
 from lightning_modules.callbacks.timing import load_1m, machine_state
 from lightning_modules.optim import kernel_in_use
-from lmvit.errors import DivergenceError
+from lmvit.errors import DivergenceError, machine_failure
 from lmvit.io import atomic_write_json
+from lmvit.resume import CRASHED, FAILED
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +188,15 @@ class RunSummary(pl.Callback):
     # -- output ----------------------------------------------------------------------------
     def fail(self, exception: BaseException, status: str | None = None) -> None:
         """Record a failure (idempotent: the first error wins) and write the file."""
-        if self.summary["status"] in ("failed", "diverged", "interrupted"):
+        if self.summary["status"] in (*FAILED, CRASHED, "interrupted"):
             return
         if status is None:
             if isinstance(exception, DivergenceError):
                 status = "diverged"
             elif is_stop(exception):  # SIGTERM or Ctrl-C: resumable (StopCheckpoint saved last.ckpt)
                 status = "interrupted"
+            elif machine_failure(exception):  # a full disk, not the run's settings: a rerun continues it
+                status = CRASHED
             else:
                 status = "failed"
         self.summary["status"] = status
@@ -202,7 +205,10 @@ class RunSummary(pl.Callback):
             "message": str(exception),
             "traceback": "".join(traceback.format_exception(exception))[-4000:],
         }
-        self.write()
+        try:
+            self.write()
+        except OSError as error:  # a full disk: the file keeps its last epoch's state, which a rerun resumes
+            log.error("Could not write %s (status %s): %s", self.path, status, error)
 
     @rank_zero_only  # one metrics.json per run: under DDP only global rank 0 writes, failures included
     def write(self) -> None:
