@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,7 @@ SPACE_FILE = CONF_DIR / "tuning" / "space.yaml"
 STAGES = ("search", "confirm", "speedup")
 DEFAULT = "default"  # trial k of the usual setting (factor 1, the optimizer's own weight decay and warm-up)
 DONE = FINISHED + FAILED  # a job with one of these statuses has its result
+DISK_MARGIN = 1_000_000_000  # bytes a sweep needs free beyond its jobs' checkpoints (logs, records)
 EDGE = 0.1  # a best trial in this outer fraction of a dimension's range is marked "near a bound"
 
 
@@ -485,15 +487,67 @@ def done_jobs(sweep: Sweep) -> set[tuple]:
     }
 
 
+def checkpoint_bytes(run: Path) -> int:
+    """The size of a run's ``checkpoints/`` folder (0 when it has none)."""
+    folder = Path(run) / "checkpoints"
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def clear_checkpoints(sweep: Sweep) -> int:
+    """Delete the ``checkpoints/`` of the sweep's jobs that have their result (:data:`DONE`): the
+    report and a rerun read only their records. Jobs still to finish keep theirs (a rerun resumes
+    from them). Returns the largest folder deleted, in bytes (0 when none was)."""
+    largest = 0
+    for record in load_records([sweep.sweep_dir]):
+        if record["status"] in DONE and (Path(record["run"]) / "checkpoints").is_dir():
+            largest = max(largest, checkpoint_bytes(Path(record["run"])))
+            shutil.rmtree(Path(record["run"]) / "checkpoints")
+    return largest
+
+
+def disk_needed(jobs: int, per_job: int) -> int:
+    """Bytes a sweep of ``jobs`` jobs needs free: each job's checkpoints (kept until the sweep ends,
+    then cleared by :func:`clear_checkpoints`), and :data:`DISK_MARGIN` for logs and records."""
+    return jobs * per_job + DISK_MARGIN
+
+
+def check_disk(sweep: Sweep, jobs: int, per_job: int) -> None:
+    """A :class:`UserError` (one line) before a sweep that would fill the disk its log folder is on."""
+    folder = Path(sweep.sweep_dir)
+    while not folder.exists():  # a sweep not started yet: the disk of its nearest existing folder
+        folder = folder.parent
+    free, need = shutil.disk_usage(folder).free, disk_needed(jobs, per_job)
+    if free < need:
+        raise UserError(
+            f"{sweep.stage} {sweep.optimizer}: {free / 1e9:.1f} GB free on the disk of {folder}, and its "
+            f"{jobs} jobs need about {need / 1e9:.1f} GB ({per_job / 1e9:.2f} GB of checkpoints a job, "
+            f"deleted once it has its result, and {DISK_MARGIN / 1e9:.0f} GB for logs): free some space, "
+            "or pass --log-dir on a larger disk, then rerun the same command"
+        )
+
+
 def run_stage(
-    sweeps: list[Sweep], python: str = sys.executable, dry_run: bool = False, publish: Path | None = None
+    sweeps: list[Sweep],
+    python: str = sys.executable,
+    dry_run: bool = False,
+    publish: Path | None = None,
+    keep_checkpoints: bool = False,
 ) -> list[str]:
     """Launch each sweep whose jobs do not all have a result (the same command as before, so a
     resumable sweep skips what completed). With ``publish``, after each sweep the records of its
     finished runs go to ``publish/<workload>/<stage>/<optimizer>`` (lmvit.resume.publish_records:
-    kept in the repository, they outlast the log folder). Returns what was done, one line per sweep."""
+    kept in the repository, they outlast the log folder). After each sweep the checkpoints of its
+    jobs with a result are deleted, unless ``keep_checkpoints`` (:func:`clear_checkpoints`); before
+    each, the disk must hold what its jobs will write (:func:`check_disk`, sized by the largest
+    checkpoint folder seen so far in these sweeps). Returns what was done, one line per sweep."""
     lines = []
+    # a job's checkpoint footprint: measured on the jobs in the sweep folders (a stopped one keeps its own)
+    per_job = max(
+        (checkpoint_bytes(r) for s in sweeps if s.sweep_dir.is_dir() for r in find_run_dirs(s.sweep_dir)), default=0
+    )
     for sweep in sweeps:
+        if not (keep_checkpoints or dry_run) and sweep.sweep_dir.is_dir():  # what an earlier session left
+            per_job = max(per_job, clear_checkpoints(sweep))
         missing = sweep.jobs() - done_jobs(sweep)
         if not missing:
             lines.append(f"{sweep.stage} {sweep.optimizer}: all {len(sweep.jobs())} jobs done, skipped")
@@ -503,10 +557,13 @@ def run_stage(
         print(lines[-1], flush=True)
         if dry_run:
             continue
+        check_disk(sweep, len(missing), per_job)
         rc, stopped = _run_sweep([python, *sweep.argv()])
         if rc != 0:  # a trial failed or diverged (a result), or the sweep stopped: the next ones still run
             lines.append(f"{sweep.stage} {sweep.optimizer}: train.py exited {rc}; rerun the same command to continue")
             print(lines[-1], file=sys.stderr, flush=True)
+        if not keep_checkpoints:
+            per_job = max(per_job, clear_checkpoints(sweep))
         if publish is not None:
             target = Path(publish) / sweep.workload / sweep.stage / sweep.optimizer
             n = len(publish_records(sweep.sweep_dir, target)) if sweep.sweep_dir.is_dir() else 0
@@ -1018,6 +1075,11 @@ def main(argv: list[str] | None = None) -> int:
                 metavar="DIR",
                 help="after each sweep, its finished runs' records go to DIR/<workload>/<stage>/<optimizer>",
             )
+            p.add_argument(
+                "--keep-checkpoints",
+                action="store_true",
+                help="keep the checkpoints of jobs with a result (default: deleted after each sweep)",
+            )
     p = sub.add_parser("status", help="how far a workload's stages got (jobs with a result, hours left)")
     p.add_argument("workload", help="a workload of conf/tuning/space.yaml: vit | lstm")
     p.add_argument("--log-dir", default="logs", help="as given to run")
@@ -1043,7 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.cmd == "plan":
                 print("\n".join(s.command() for s in sweeps))
             else:
-                run_stage(sweeps, publish=args.publish)
+                run_stage(sweeps, publish=args.publish, keep_checkpoints=args.keep_checkpoints)
                 left = {s.optimizer: len(s.jobs() - done_jobs(s)) for s in sweeps}
                 if any(left.values()):  # interrupted: the next stage needs every result of this one
                     unfinished = ", ".join(f"{o} {n}" for o, n in left.items() if n)

@@ -421,6 +421,7 @@ def test_tiny_search_runs_and_its_rerun_skips(tmp_path, data_dir):
     assert sorted((r["optimizer"], r["k"]) for r in records) == [("adamw", "0"), ("adamw", "1"), ("sgd", "0"),
                                                                  ("sgd", "1")]  # fmt: skip
     assert all(r["status"] == "completed" and r["steps"] == 2 for r in records)
+    assert not list((tmp_path / "tuning").rglob("*.ckpt"))  # each job's checkpoints went with its result
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("jobs done, skipped") == 2, again.stdout
     assert len(tuning.load_records([tmp_path / "tuning" / "vit" / "search"])) == 4
@@ -615,3 +616,39 @@ def test_a_run_killed_while_testing_has_no_result_until_its_test_ends(tmp_path):
     assert (rows[("confirm", "adamw")]["done"], rows[("confirm", "adamw")]["unfinished"]) == (1, 1)
     published = publish_records(sweep_dir, tmp_path / "published")
     assert [p.name for p in published] == ["t1"]
+
+
+def test_checkpoints_go_once_a_job_has_its_result_and_a_sweep_needs_the_disk_it_will_fill(tmp_path, monkeypatch):
+    """After a sweep the checkpoints of its jobs with a result go (the report and a rerun read only the
+    records); a crashed or stopped job keeps its own (a rerun continues from it) and has no result:
+    the stage counts it unfinished and nothing publishes it. Before a sweep, the disk must hold its
+    jobs' checkpoints (the largest folder seen) and the margin: else one line, nothing launched."""
+    from lmvit.resume import publish_records
+
+    sweep_dir = tmp_path / "tuning" / "vit" / "search" / "adamw"
+    for k, status in ((1, "completed"), (2, "diverged"), (3, "crashed")):
+        _fake_run(sweep_dir, f"t{k}", optimizer="adamw", stage="search", k=k, seed=0, score=0.5, loss=1.0,
+                  steps=50, status=status)  # fmt: skip
+        (sweep_dir / f"t{k}" / "checkpoints").mkdir()
+        (sweep_dir / f"t{k}" / "checkpoints" / "last.ckpt").write_bytes(b"x" * 1000 * k)
+    (sweep,) = tuning.plan("vit", "search", tmp_path, [], ["adamw"], trials=6)
+    assert sweep.sweep_dir == sweep_dir
+    assert tuning.clear_checkpoints(sweep) == 2000  # the largest folder deleted: the diverged job's
+    assert [(sweep_dir / f"t{s}" / "checkpoints").is_dir() for s in (1, 2, 3)] == [False, False, True]
+    rows = {(r["stage"], r["optimizer"]): r for r in tuning.status("vit", tmp_path, ["adamw"], device="CPU A")}
+    assert (rows[("search", "adamw")]["done"], rows[("search", "adamw")]["unfinished"]) == (2, 1)
+    assert sorted(p.name for p in publish_records(sweep_dir, tmp_path / "published")) == ["t1", "t2"]
+
+    class Usage:
+        free = tuning.disk_needed(4, 3000) - 1
+
+    monkeypatch.setattr(tuning.shutil, "disk_usage", lambda path: Usage)
+    launched = []
+    monkeypatch.setattr(tuning, "_run_sweep", lambda argv: launched.append(argv) or (0, None))
+    with pytest.raises(UserError) as refused:  # 4 jobs left (of 6), 3,000 bytes measured on t3
+        tuning.run_stage([sweep])
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith("search adamw: ") and "4 jobs need about 1.0 GB" in line
+    assert "--log-dir" in line and not launched and (sweep_dir / "t3" / "checkpoints").is_dir()
+    Usage.free += 1
+    assert "search adamw: 4 of 6 jobs to run" in tuning.run_stage([sweep]) and len(launched) == 1
