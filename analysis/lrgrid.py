@@ -35,7 +35,7 @@ import pandas as pd
 from analysis.findings import ALPHA, DEFAULT_BUDGET, describe_setting, seeds
 from analysis.stats import compare_metric, holm, on_log_scale, summarize
 from analysis.study import STUDY_LR
-from lmvit.resume import FAILED, FINISHED
+from lmvit.runs import FAILED, FINISHED
 
 DEFAULT_MONITOR = {"vit": ("val/acc", "max"), "lstm": ("val/ppl", "min")}
 IN_GRID = (*FINISHED, *FAILED)  # FAILED: runs of a grid point that count as failures

@@ -40,8 +40,8 @@ from scipy.stats import qmc
 from analysis.stats import LEVEL, compare_metric, holm, summarize
 from analysis.timing import LOAD_SLACK, measurement
 from lmvit.errors import ConfigError, UserError
-from lmvit.resume import FAILED, FINISHED, publish_records, run_status
-from lmvit.runs import effective_lr, find_run_dirs, read_config, read_metrics
+from lmvit.resume import publish_records, run_status
+from lmvit.runs import FAILED, FINISHED, effective_lr, find_run_dirs, read_config, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

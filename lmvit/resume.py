@@ -9,14 +9,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError
-from lmvit.runs import check_checkpoint, checkpoint_damage, find_run_dirs, load_metrics, read_hydra
+from lmvit.runs import (
+    CRASHED,
+    FAILED,
+    FINISHED,
+    check_checkpoint,
+    checkpoint_damage,
+    find_run_dirs,
+    load_metrics,
+    read_hydra,
+)
 
 # what a rerun sweep does with a job it finds in its directory, by the job's metrics.json status
-FINISHED = ("completed",)  # skipped
-FAILED = ("failed", "diverged")  # skipped, or started again with rerun_failed=true
-# stopped by the machine (a full disk, an I/O error, no memory: lmvit.errors.machine_failure), not by
-# its settings: continued from its last.ckpt like a stopped run (started again if that file is damaged)
-CRASHED = "crashed"
+# (lmvit.runs: FINISHED skipped; FAILED skipped, or started again with rerun_failed=true; CRASHED
+# continued from its last.ckpt like a stopped run, started again if that file is damaged)
 # trained but killed while it tested (a SIGKILL, a lost machine): metrics.json says "completed" from
 # the end of fit, and the test result never came; its resume only tests it (see :func:`run_status`)
 UNTESTED = "untested"

@@ -20,6 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmvit.errors import ConfigError, UserError
 
+# a run's metrics.json status, as the rerun sweep (lmvit.resume) and the reports read it
+FINISHED = ("completed",)  # has its result
+FAILED = ("failed", "diverged")  # has its result: the run's settings failed (a result of them)
+# stopped by the machine (a full disk, an I/O error, no memory: lmvit.errors.machine_failure), not
+# by its settings: no result; a rerun continues it
+CRASHED = "crashed"
+
 RUN_MARKERS = ("metrics.json", ".hydra/config.yaml", "config.yaml")
 # folders below a log folder that hold no runs of their own: reports, the Hydra files of a resumed
 # run's later sessions (<run>/resumes/<date_time>/), and debug presets' runs (reported only when

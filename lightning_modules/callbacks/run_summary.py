@@ -19,7 +19,7 @@ from lightning_modules.callbacks.timing import load_1m, machine_state
 from lightning_modules.optim import kernel_in_use
 from lmvit.errors import DivergenceError, machine_failure
 from lmvit.io import atomic_write_json
-from lmvit.resume import CRASHED, FAILED
+from lmvit.runs import CRASHED, FAILED
 
 log = logging.getLogger(__name__)
 
